@@ -1,0 +1,170 @@
+"""Validation helpers shared by every transformation.
+
+Hyperparameters are checked once, when a transformation is built; trees are
+checked when `update` is traced. Only plain Python or NumPy numbers are
+range-checked: arrays, tracers and schedules pass through untouched, because
+their values are not known when the transformation is built.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def check_in_range(
+    fn: str,
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise `ValueError` unless `value` lies in the interval from `low` to `high`.
+
+    The bounds are closed unless `low_open` or `high_open` is set. Values that
+    are not real numbers (arrays, tracers, schedules) are not checked.
+
+    Args:
+        fn: Name of the function that received the value, for the message.
+        name: Name of the argument, for the message.
+        value: The value to check.
+        low: Lower bound.
+        high: Upper bound, `math.inf` for none.
+        low_open: Exclude `low` itself.
+        high_open: Exclude `high` itself.
+
+    Raises:
+        ValueError: If `value` is a real number outside the interval, or NaN.
+    """
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high or math.isnan(value):
+        left = f"({low:g}" if low_open else f"[{low:g}"
+        if high == math.inf:
+            right = "inf)"
+        else:
+            right = f"{high:g})" if high_open else f"{high:g}]"
+        raise ValueError(f"{fn}: {name} must be in {left}, {right}, got {value!r}")
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+    """Render a JAX key path as `a/b/0`, the form used in every message."""
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts) if parts else "<root>"
+
+
+def _describe_leaf(leaf: Any) -> str:
+    shape = getattr(leaf, "shape", None)
+    dtype = getattr(leaf, "dtype", None)
+    if shape is None:
+        return type(leaf).__name__
+    return f"{dtype}{list(shape)}"
+
+
+def check_same_tree(
+    fn: str, name_a: str, tree_a: Any, name_b: str, tree_b: Any
+) -> None:
+    """Raise `ValueError` unless two trees have the same structure and shapes.
+
+    The message names the first path at which the trees differ, so a user can
+    find the offending leaf in a large model. Runs in Python at trace time:
+    under `jax.jit` it costs nothing per step.
+
+    Args:
+        fn: Name of the transformation doing the check, for the message.
+        name_a: What `tree_a` is (for example "updates").
+        tree_a: The tree whose structure is expected.
+        name_b: What `tree_b` is (for example "state.mu").
+        tree_b: The tree to compare against `tree_a`.
+
+    Raises:
+        ValueError: If the structures or any leaf shapes differ.
+    """
+    leaves_a, def_a = jax.tree_util.tree_flatten_with_path(tree_a)
+    leaves_b, def_b = jax.tree_util.tree_flatten_with_path(tree_b)
+    if def_a == def_b:
+        for (path, a), (_, b) in zip(leaves_a, leaves_b, strict=True):
+            if getattr(a, "shape", ()) != getattr(b, "shape", ()):
+                raise ValueError(
+                    f"{fn}: {name_a} and {name_b} differ in shape at "
+                    f"'{path_str(path)}': {_describe_leaf(a)} against "
+                    f"{_describe_leaf(b)}. Pass a tree with the same shapes as "
+                    "the params given to init."
+                )
+        return
+    paths_a = [path_str(p) for p, _ in leaves_a]
+    paths_b = [path_str(p) for p, _ in leaves_b]
+    for pa, pb in zip(paths_a, paths_b, strict=False):
+        if pa != pb:
+            where = f"'{pa}' in {name_a} where {name_b} has '{pb}'"
+            break
+    else:
+        if len(paths_a) > len(paths_b):
+            where = f"'{paths_a[len(paths_b)]}' in {name_a} is missing from {name_b}"
+        elif len(paths_b) > len(paths_a):
+            where = f"'{paths_b[len(paths_a)]}' in {name_b} is missing from {name_a}"
+        else:
+            where = f"the containers: {def_a} against {def_b}"
+    raise ValueError(
+        f"{fn}: the structure of {name_a} does not match {name_b}; first "
+        f"difference at {where}. Pass a tree with the same structure as the "
+        "params given to init."
+    )
+
+
+def require_params(fn: str, params: Any) -> None:
+    """Raise `ValueError` if a transformation that reads params got none."""
+    if params is None:
+        raise ValueError(
+            f"{fn} reads the parameters, but update() got params=None; call "
+            "update(updates, state, params) with the current parameters."
+        )
+
+
+def mask_flags(fn: str, mask: Any, params: Any) -> list[bool]:
+    """Resolve a mask into one bool per leaf of `params`, in flattening order.
+
+    `mask` is a tree of bools with the structure of `params` or a prefix of it
+    (a bool at an inner node covers the whole subtree), or a function that
+    returns such a tree when called on `params`. Leaves must be Python or
+    NumPy bools: a mask selects leaves by structure, never by traced values.
+
+    Raises:
+        ValueError: If the mask's structure is not a prefix of the params',
+            naming the first differing path.
+        TypeError: If a mask leaf is not a bool, naming its path.
+    """
+    if callable(mask):
+        mask = mask(params)
+    flat_mask, mask_def = jax.tree_util.tree_flatten_with_path(mask)
+    try:
+        subtrees = mask_def.flatten_up_to(params)
+    except (ValueError, TypeError):
+        check_same_tree(fn, "mask", mask, "params", params)
+        raise  # check_same_tree raises first; kept for type checkers
+    flags: list[bool] = []
+    for (path, flag), subtree in zip(flat_mask, subtrees, strict=True):
+        if not isinstance(flag, bool | np.bool_):
+            raise TypeError(
+                f"{fn}: mask leaves must be Python bools, got "
+                f"{type(flag).__name__} at '{path_str(path)}'; build the mask from "
+                "the tree's structure or shapes, not from array values"
+            )
+        flags.extend([bool(flag)] * len(jax.tree.leaves(subtree)))
+    return flags

@@ -1,0 +1,262 @@
+"""The classic optimizers, each one chain of transformations.
+
+Every alias returns a plain `chain`, so `print(optimizer)` shows the links it
+is made of, and the equations live on those links.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradtx.base import ArrayLike, GradientTransformation, ScalarOrSchedule, chain
+from gradtx.decay import Mask, add_decayed_weights
+from gradtx.scaling import (
+    scale_by_adadelta,
+    scale_by_adagrad,
+    scale_by_adam,
+    scale_by_learning_rate,
+    scale_by_momentum,
+    scale_by_rms,
+)
+
+
+def _momentum_links(
+    fn: str, momentum: ArrayLike | None, nesterov: bool, dampening: ArrayLike = 0.0
+) -> list[GradientTransformation]:
+    if momentum is None:
+        if nesterov or (isinstance(dampening, int | float) and dampening != 0):
+            raise ValueError(
+                f"{fn}: nesterov and dampening need a momentum; pass momentum=0.9 "
+                "(for example) or leave them at their defaults"
+            )
+        return []
+    return [scale_by_momentum(decay=momentum, nesterov=nesterov, dampening=dampening)]
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule,
+    momentum: ArrayLike | None = None,
+    nesterov: bool = False,
+    dampening: ArrayLike = 0.0,
+) -> GradientTransformation:
+    """Stochastic gradient descent, with optional (Nesterov) momentum.
+
+    Chain: [scale_by_momentum] -> scale_by_learning_rate. Without momentum
+    the step is `p -= lr * g`; with it, `v = momentum * v + (1 - dampening)
+    * g` and `p -= lr * v` (or `lr * (g + momentum * v)` with nesterov).
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        momentum: Momentum coefficient in [0, 1), or None for plain SGD.
+        nesterov: Use Nesterov momentum (needs `momentum`).
+        dampening: Damping of the gradient in the momentum buffer.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_momentum`.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range, or `nesterov` or
+            `dampening` is set without `momentum`.
+
+    Example:
+        >>> import gradtx
+        >>> tx = gradtx.sgd(0.1, momentum=0.9, nesterov=True)
+        >>> [link.name for link in tx.children]
+        ['scale_by_momentum', 'scale_by_learning_rate']
+    """
+    return chain(
+        *_momentum_links("sgd", momentum, nesterov, dampening),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule,
+    decay: ArrayLike = 0.9,
+    eps: ArrayLike = 1e-8,
+    eps_in_sqrt: bool = False,
+    centered: bool = False,
+    momentum: ArrayLike | None = None,
+    nesterov: bool = False,
+) -> GradientTransformation:
+    """RMSProp: gradient over the root of an EMA of its square.
+
+    Chain: scale_by_rms -> [scale_by_momentum] -> scale_by_learning_rate. The
+    default places eps outside the root, as torch.optim.RMSprop (whose
+    `alpha` is `decay` here); `eps_in_sqrt=True` gives optax's placement.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        decay: EMA rate of the squared gradient, in [0, 1).
+        eps: Added to the denominator, in [0, inf).
+        eps_in_sqrt: Add eps under the root instead of after it.
+        centered: Divide by the centred second moment (a variance estimate).
+        momentum: Momentum applied to the scaled gradient, or None.
+        nesterov: Use Nesterov momentum (needs `momentum`).
+
+    Returns:
+        A `chain`; the equations are on `scale_by_rms` and `scale_by_momentum`.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range, or `nesterov` is set
+            without `momentum`.
+    """
+    return chain(
+        scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt, centered=centered),
+        *_momentum_links("rmsprop", momentum, nesterov),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adagrad(
+    learning_rate: ScalarOrSchedule,
+    initial_accumulator_value: ArrayLike = 0.0,
+    eps: ArrayLike = 1e-10,
+) -> GradientTransformation:
+    """Adagrad: gradient over the root of the running sum of its squares.
+
+    Chain: scale_by_adagrad -> scale_by_learning_rate, with torch's defaults.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        initial_accumulator_value: Starting value of the sum, in [0, inf).
+        eps: Added to the denominator, in [0, inf).
+
+    Returns:
+        A `chain`; the equations are on `scale_by_adagrad`.
+    """
+    return chain(
+        scale_by_adagrad(initial_accumulator_value=initial_accumulator_value, eps=eps),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adadelta(
+    learning_rate: ScalarOrSchedule = 1.0, rho: ArrayLike = 0.9, eps: ArrayLike = 1e-6
+) -> GradientTransformation:
+    """Adadelta, which needs no learning rate (it defaults to 1).
+
+    Chain: scale_by_adadelta -> scale_by_learning_rate, so the default
+    descends (optax's `adadelta()` without a learning rate ascends).
+
+    Args:
+        learning_rate: Multiplier of Zeiler's step, 1.0 in the paper.
+        rho: EMA rate of both averages, in [0, 1).
+        eps: Conditioning constant, in (0, inf).
+
+    Returns:
+        A `chain`; the equations are on `scale_by_adadelta`.
+    """
+    return chain(
+        scale_by_adadelta(rho=rho, eps=eps), scale_by_learning_rate(learning_rate)
+    )
+
+
+def adam(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    nesterov: bool = False,
+    mu_dtype: Any = None,
+) -> GradientTransformation:
+    """Adam, with no weight decay.
+
+    Chain: scale_by_adam -> scale_by_learning_rate.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        nesterov: Use the Nesterov form of the first moment (NAdam).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_adam`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import gradtx
+        >>> params = {"w": jnp.array([1.0, -1.0])}
+        >>> tx = gradtx.adam(learning_rate=0.1)
+        >>> state = tx.init(params)
+        >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+        >>> updates, state = tx.update(grads, state, params)
+        >>> gradtx.apply_updates(params, updates)
+        {'w': Array([ 0.9, -0.9], dtype=float32)}
+    """
+    return chain(
+        scale_by_adam(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            nesterov=nesterov,
+            mu_dtype=mu_dtype,
+        ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adam_l2(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Mask = None,
+    **adam_args: Any,
+) -> GradientTransformation:
+    """Adam on an L2-penalised loss: the decay passes through Adam's scaling.
+
+    Chain: add_decayed_weights -> scale_by_adam -> scale_by_learning_rate.
+    This is coupled weight decay, what `torch.optim.Adam(weight_decay=...)`
+    does. `adamw` is the same three links with the decay moved after Adam.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        weight_decay: L2 coefficient (gradient of `wd/2 * ||p||**2`).
+        mask: Leaves to decay, as in `add_decayed_weights`.
+        **adam_args: Passed to `scale_by_adam` (b1, b2, eps, ...).
+
+    Returns:
+        A `chain`; the equations are on its links.
+    """
+    return chain(
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_adam(**adam_args),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Mask = None,
+    **adam_args: Any,
+) -> GradientTransformation:
+    """Adam with decoupled weight decay: the decay skips Adam's scaling.
+
+    Chain: scale_by_adam -> add_decayed_weights -> scale_by_learning_rate, so
+    each step is `p -= lr * (adam_step + wd * p)`: every weight shrinks by the
+    same fraction `lr * wd`. This is the torch.optim.AdamW and optax.adamw
+    convention (the decay is multiplied by the full learning rate).
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        weight_decay: Decay rate per unit of learning rate.
+        mask: Leaves to decay, as in `add_decayed_weights`.
+        **adam_args: Passed to `scale_by_adam` (b1, b2, eps, ...).
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    References:
+        Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR
+        2019.
+    """
+    return chain(
+        scale_by_adam(**adam_args),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )

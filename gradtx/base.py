@@ -1,0 +1,481 @@
+"""The one abstraction: a gradient transformation is a pair of pure functions.
+
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params=None, **extra)
+    params = apply_updates(params, updates)
+
+This module holds `GradientTransformation`, the `chain` that composes them,
+the two trivial transformations, `apply_updates`, `describe`, and the small
+helpers every other module uses to map equations over trees.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx._checks import check_same_tree
+
+ArrayLike = jax.typing.ArrayLike
+Params = Any  # a pytree of arrays
+Updates = Any  # a pytree of arrays with the structure of the params
+OptState = Any  # a pytree of arrays: NamedTuples, tuples, arrays
+Schedule = Callable[[jax.Array], jax.Array]
+ScalarOrSchedule = float | jax.Array | Schedule
+
+
+class InitFn(Protocol):
+    """Build the initial state of a transformation from the parameters."""
+
+    def __call__(self, params: Params) -> OptState:  # noqa: D102
+        ...
+
+
+class UpdateFn(Protocol):
+    """Turn incoming updates into outgoing updates and a new state."""
+
+    def __call__(  # noqa: D102
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra
+    ) -> tuple[Updates, OptState]: ...
+
+
+class _Pair(NamedTuple):
+    init: InitFn
+    update: UpdateFn
+
+
+class GradientTransformation(_Pair):
+    """A pure `(init, update)` pair: the only abstraction in gradtx.
+
+    It is a `NamedTuple` of two functions, so it unpacks as `init, update = tx`
+    and can be passed wherever another library expects such a pair (an optax
+    chain, for example). Transformations built by gradtx also carry a
+    description of how they were built, used by `repr` and `describe`; the
+    description plays no part in `init` or `update`.
+
+    Attributes:
+        init: `init(params) -> state`. The state is a pytree of arrays.
+        update: `update(updates, state, params=None, **extra) -> (updates,
+            state)`. Keyword extras that a transformation does not use (for
+            example `loss=`) are accepted and ignored.
+        name: Name of the factory that built it, or None if built by hand.
+        children: Transformations it is made of, in order (for `chain`).
+        hyperparams: The factory's keyword arguments, defaults included.
+
+    Example:
+        >>> import gradtx
+        >>> tx = gradtx.sgd(0.1)
+        >>> tx
+        chain(scale_by_learning_rate(learning_rate=0.1))
+        >>> init, update = tx  # still a plain pair
+        >>> tx.children[0].hyperparams
+        {'learning_rate': 0.1}
+    """
+
+    name: str | None = None
+    children: tuple[Any, ...] = ()
+    hyperparams: Mapping[str, Any] = {}
+
+    def __new__(
+        cls,
+        init: InitFn,
+        update: UpdateFn,
+        *,
+        name: str | None = None,
+        children: tuple[Any, ...] = (),
+        hyperparams: Mapping[str, Any] | None = None,
+    ) -> GradientTransformation:
+        """Build a transformation; the keywords only describe it."""
+        self = super().__new__(cls, init, update)
+        if name is not None:
+            self.name = name
+            self.children = tuple(children)
+            self.hyperparams = dict(hyperparams or {})
+        return self
+
+    def __repr__(self) -> str:
+        """The text of `describe`: the factory calls that built it."""
+        return describe(self)
+
+
+class EmptyState(NamedTuple):
+    """State of a transformation that keeps none."""
+
+
+F = TypeVar("F", bound=Callable[..., GradientTransformation])
+
+
+def described(factory: F) -> F:
+    """Record the factory name and arguments on the transformation it returns.
+
+    Every public factory in gradtx is wrapped in this decorator, which is
+    what lets `print(tx)` read as the calls that built `tx`.
+    """
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def build(*args, **kwargs):
+        tx = factory(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        children: tuple[Any, ...] = ()
+        hyperparams: dict[str, Any] = {}
+        for name, parameter in signature.parameters.items():
+            value = bound.arguments[name]
+            if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+                children = tuple(value)
+            elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                hyperparams.update(value)
+            else:
+                hyperparams[name] = value
+        return GradientTransformation(
+            tx.init,
+            tx.update,
+            name=factory.__name__,
+            children=children,
+            hyperparams=hyperparams,
+        )
+
+    return build  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------
+# describe
+
+
+def _is_transformation(x: Any) -> bool:
+    return (
+        isinstance(x, tuple)
+        and len(x) == 2
+        and all(callable(f) for f in x)
+        and hasattr(x, "init")
+        and hasattr(x, "update")
+    )
+
+
+def _foreign_name(tx: Any) -> str:
+    """Name a transformation gradtx did not build, from its update function."""
+    update = tx.update
+    qualname = getattr(update, "__qualname__", type(update).__name__)
+    qualname = qualname.split(".<locals>")[0]
+    library = (getattr(update, "__module__", None) or "").split(".")[0]
+    return f"<{library} {qualname}>" if library else f"<{qualname}>"
+
+
+def _format_value(value: Any) -> str:
+    if _is_transformation(value):
+        return _one_line(value)
+    if value is None or isinstance(value, bool | int | float | complex | str):
+        return repr(value)
+    if isinstance(value, np.dtype) or (
+        isinstance(value, type) and issubclass(value, np.generic)
+    ):
+        return jnp.dtype(value).name
+    if isinstance(value, jax.core.Tracer):
+        return f"<traced {value.dtype}{list(value.shape)}>"
+    if isinstance(value, jax.Array | np.ndarray | np.generic):
+        if np.ndim(value) == 0:
+            return repr(np.asarray(value).item())
+        return f"<array {value.dtype}{list(value.shape)}>"
+    if inspect.isfunction(value) or inspect.ismethod(value):
+        return f"<function {value.__qualname__}>"
+    if isinstance(value, dict | list | tuple):
+        text = repr(value)
+        if len(text) <= 40 and "<" not in text:
+            return text
+        return f"<pytree with {len(jax.tree.leaves(value))} leaves>"
+    return repr(value)
+
+
+def _parts(tx: Any) -> tuple[str, list[Any], list[tuple[str, Any]]]:
+    name = getattr(tx, "name", None)
+    if name is None:
+        return _foreign_name(tx), [], []
+    return name, list(tx.children), list(tx.hyperparams.items())
+
+
+def _one_line(tx: Any) -> str:
+    name, children, hyperparams = _parts(tx)
+    if getattr(tx, "name", None) is None:
+        return name
+    items = [_one_line(c) for c in children]
+    items += [f"{k}={_format_value(v)}" for k, v in hyperparams]
+    return f"{name}({', '.join(items)})"
+
+
+def _indented(tx: Any, indent: int, width: int) -> str:
+    line = _one_line(tx)
+    name, children, hyperparams = _parts(tx)
+    nested = children or any(_is_transformation(v) for _, v in hyperparams)
+    if indent + len(line) <= width or not nested:
+        return line  # a single link stays on one line, however long
+    pad = " " * (indent + 4)
+    rows = [pad + _indented(c, indent + 4, width) + "," for c in children]
+    for key, value in hyperparams:
+        if _is_transformation(value):
+            text = _indented(value, indent + 4 + len(key) + 1, width)
+        else:
+            text = _format_value(value)
+        rows.append(f"{pad}{key}={text},")
+    return "\n".join([f"{name}(", *rows, " " * indent + ")"])
+
+
+def describe(tx: Any, width: int = 88) -> str:
+    """Describe a transformation as the factory calls that built it.
+
+    Every hyperparameter is shown, defaults included. A description longer
+    than `width` characters is spread over several lines, one link of a chain
+    per line. Transformations from other libraries are named after their
+    update function.
+
+    Args:
+        tx: A `GradientTransformation`, or any `(init, update)` pair.
+        width: Longest single-line description; longer ones are split.
+
+    Returns:
+        The description, as a string.
+
+    Example:
+        >>> import gradtx
+        >>> print(gradtx.describe(gradtx.adagrad(0.01)))
+        chain(
+            scale_by_adagrad(initial_accumulator_value=0.0, eps=1e-10),
+            scale_by_learning_rate(learning_rate=0.01),
+        )
+    """
+    if not _is_transformation(tx):
+        raise TypeError(
+            f"describe: expected a GradientTransformation, got {type(tx).__name__}"
+        )
+    return _indented(tx, 0, width)
+
+
+# ----------------------------------------------------------------------------
+# helpers for the equations
+
+
+def compute_dtype(*xs: Any) -> jnp.dtype:
+    """The dtype an equation runs in: the widest of its arrays, at least float32.
+
+    Low-precision leaves (bfloat16, float16) are widened for the arithmetic
+    and rounded once when stored, so a constant such as `b2 = 0.999` is never
+    rounded to the leaf's precision (in bfloat16 it would become 1.0).
+    """
+    dtype = jnp.dtype(jnp.float32)
+    for x in xs:
+        dtype = jnp.promote_types(dtype, jnp.result_type(x))
+    return dtype
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """The element-wise squared magnitude, real for complex leaves."""
+    if jnp.iscomplexobj(x):
+        return jnp.square(x.real) + jnp.square(x.imag)
+    return jnp.square(x)
+
+
+def bias_correction(decay: ArrayLike, t: jax.Array) -> jax.Array:
+    """`1 - decay**t`, accurate to a few ulps in the dtype of `t`.
+
+    Written as `-expm1(t * log(decay))` with the logarithm of a Python
+    `decay` taken in double precision. The direct form rounds `decay` to
+    float32 before subtracting from 1 and loses digits: for `decay = 0.999`
+    it is 1.3e-5 off in relative terms, enough that Adam's first step is not
+    exactly the sign of the gradient.
+    """
+    if isinstance(decay, int | float):
+        log_decay = math.log(decay) if decay > 0 else -math.inf
+    else:
+        log_decay = jnp.log(jnp.asarray(decay, t.dtype))
+    return -jnp.expm1(t * log_decay)
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """Add one to an int32 step counter, saturating instead of wrapping."""
+    top = jnp.iinfo(count.dtype).max
+    return jnp.where(count < top, count + 1, count)
+
+
+def map_leaves(
+    fn: Callable[..., tuple[jax.Array, ...]], n_out: int, tree: Any, *rest: Any
+) -> tuple[Any, ...]:
+    """Apply a multi-output function leaf by leaf; return one tree per output.
+
+    `fn` receives the leaf of `tree` and the matching leaves of `rest` (which
+    must have `tree`'s structure) and returns a tuple of `n_out` arrays. All
+    outputs of one leaf come from one call, so XLA sees each leaf's equation
+    whole.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    others = [treedef.flatten_up_to(r) for r in rest]
+    results = [fn(*args) for args in zip(leaves, *others, strict=True)]
+    return tuple(treedef.unflatten([r[i] for r in results]) for i in range(n_out))
+
+
+def init_like(params: Params, dtype: Any = None, fill: ArrayLike = 0.0) -> Any:
+    """A tree shaped like `params`, filled with `fill`, in `dtype` or the leaf's."""
+    return jax.tree.map(
+        lambda p: jnp.full(jnp.shape(p), fill, dtype or jnp.result_type(p)), params
+    )
+
+
+# ----------------------------------------------------------------------------
+# the core transformations
+
+
+@described
+def identity() -> GradientTransformation:
+    """Pass updates through unchanged; keeps no state.
+
+    Returns:
+        A `GradientTransformation` whose state is an `EmptyState`.
+    """
+
+    def init(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update(
+        updates: Updates, state: EmptyState, params: Params | None = None, **extra
+    ) -> tuple[Updates, EmptyState]:
+        del params
+        return updates, state
+
+    return GradientTransformation(init, update)
+
+
+@described
+def set_to_zero() -> GradientTransformation:
+    """Replace every update with zeros of the same shape and dtype.
+
+    Used to freeze parameters: chained last, the parameters never move.
+
+    Returns:
+        A `GradientTransformation` whose state is an `EmptyState`.
+    """
+
+    def init(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update(
+        updates: Updates, state: EmptyState, params: Params | None = None, **extra
+    ) -> tuple[Updates, EmptyState]:
+        del params
+        return jax.tree.map(jnp.zeros_like, updates), state
+
+    return GradientTransformation(init, update)
+
+
+def _accepting_extras(update: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a foreign update function so that it ignores keyword extras."""
+    try:
+        parameters = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):
+        parameters = []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return update
+
+    def update_without_extras(updates, state, params=None, **extra):
+        del extra
+        return update(updates, state, params)
+
+    return update_without_extras
+
+
+@described
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Apply transformations one after the other.
+
+    The updates leaving one link enter the next; `params` and any keyword
+    extras reach every link. The state is a tuple with one entry per link.
+    Links may come from other libraries with the same `(init, update)` shape:
+    those whose update takes no keyword extras are called without them.
+
+    Args:
+        *transforms: The links, in the order they apply.
+
+    Returns:
+        A `GradientTransformation` whose state is a tuple of the links' states.
+
+    Raises:
+        TypeError: If a link is not an `(init, update)` pair.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.chain(gradtx.clip(1.0), gradtx.scale(-0.5))
+        >>> state = tx.init(jnp.zeros(2))
+        >>> updates, state = tx.update(jnp.array([3.0, 0.5]), state)
+        >>> updates
+        Array([-0.5 , -0.25], dtype=float32)
+    """
+    for position, tx in enumerate(transforms):
+        if not _is_transformation(tx):
+            raise TypeError(
+                f"chain: link {position} must be an (init, update) pair such as a "
+                f"GradientTransformation, got {type(tx).__name__}"
+            )
+    update_fns = tuple(
+        tx.update
+        if isinstance(tx, GradientTransformation)
+        else _accepting_extras(tx.update)
+        for tx in transforms
+    )
+
+    def init(params: Params) -> tuple[OptState, ...]:
+        return tuple(tx.init(params) for tx in transforms)
+
+    def update(
+        updates: Updates,
+        state: tuple[OptState, ...],
+        params: Params | None = None,
+        **extra,
+    ) -> tuple[Updates, tuple[OptState, ...]]:
+        if not isinstance(state, tuple) or len(state) != len(update_fns):
+            got = len(state) if isinstance(state, tuple) else type(state).__name__
+            raise ValueError(
+                f"chain: expected a state with one entry per link "
+                f"({len(update_fns)}), got {got}; pass the state returned by this "
+                "chain's init"
+            )
+        new_state = []
+        for update_fn, link_state in zip(update_fns, state, strict=True):
+            updates, link_state = update_fn(updates, link_state, params, **extra)
+            new_state.append(link_state)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init, update)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """Add updates to parameters, keeping each parameter's dtype.
+
+    Args:
+        params: The current parameters.
+        updates: Updates with the structure and shapes of `params`.
+
+    Returns:
+        `params + updates`, leaf by leaf, each leaf cast back to its own dtype.
+
+    Raises:
+        ValueError: If the trees differ in structure or shape, naming the first
+            differing path.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> gradtx.apply_updates({"w": jnp.ones(2)}, {"w": jnp.array([0.5, -1.0])})
+        {'w': Array([1.5, 0. ], dtype=float32)}
+    """
+    check_same_tree("apply_updates", "updates", updates, "params", params)
+    return jax.tree.map(
+        lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates
+    )

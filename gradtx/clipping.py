@@ -1,0 +1,140 @@
+"""Clipping: bound each update element, or the norm of the whole tree."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gradtx._checks import check_in_range
+from gradtx.base import (
+    ArrayLike,
+    EmptyState,
+    GradientTransformation,
+    Params,
+    Updates,
+    abs_sq,
+    compute_dtype,
+    described,
+)
+
+
+@described
+def clip(max_delta: ArrayLike) -> GradientTransformation:
+    """Clip every element of the updates to [-max_delta, max_delta].
+
+    Per leaf::
+
+        u = min(max(g, -max_delta), max_delta)
+
+    Args:
+        max_delta: The bound, in [0, inf).
+
+    Returns:
+        A `GradientTransformation` whose state is an `EmptyState`.
+
+    Raises:
+        ValueError: If `max_delta` is a negative number.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.clip(1.0)
+        >>> tx.update(jnp.array([-3.0, 0.5, 2.0]), tx.init(None))[0]
+        Array([-1. ,  0.5,  1. ], dtype=float32)
+    """
+    check_in_range("clip", "max_delta", max_delta, 0.0)
+
+    def init(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def leaf(g):
+        g_c = g.astype(compute_dtype(g))
+        return jnp.clip(g_c, -max_delta, max_delta).astype(g.dtype)
+
+    def update(
+        updates: Updates, state: EmptyState, params: Params | None = None, **extra
+    ) -> tuple[Updates, EmptyState]:
+        del params
+        return jax.tree.map(leaf, updates), state
+
+    return GradientTransformation(init, update)
+
+
+def global_norm(tree: Updates) -> jax.Array:
+    """The Euclidean norm of all the elements of a tree taken together.
+
+    Each leaf's sum of squares is taken in at least float32.
+
+    Args:
+        tree: A pytree of arrays.
+
+    Returns:
+        A scalar: sqrt of the sum over leaves of sum(|x|**2).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> gradtx.global_norm({"a": jnp.array([3.0]), "b": jnp.array([[4.0]])})
+        Array(5., dtype=float32)
+    """
+    leaves = jax.tree.leaves(tree)
+    dtype = compute_dtype(*leaves)
+    squares = [jnp.sum(abs_sq(x.astype(compute_dtype(x)))) for x in leaves]
+    return jnp.sqrt(sum(squares, jnp.zeros([], dtype)))
+
+
+@described
+def clip_by_global_norm(max_norm: ArrayLike) -> GradientTransformation:
+    """Rescale the whole tree so that its global norm is at most `max_norm`.
+
+    With ||g|| the norm over every element of every leaf::
+
+        u = g * min(1, max_norm / ||g||)
+
+    Updates already within the bound pass through unchanged; the direction
+    is never altered.
+
+    Args:
+        max_norm: The largest global norm allowed, in [0, inf).
+
+    Returns:
+        A `GradientTransformation` whose state is an `EmptyState`.
+
+    Raises:
+        ValueError: If `max_norm` is a negative number.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.clip_by_global_norm(1.0)
+        >>> tx.update(jnp.array([3.0, 4.0]), tx.init(None))[0]
+        Array([0.6, 0.8], dtype=float32)
+
+    References:
+        Pascanu, Mikolov and Bengio, "On the difficulty of training recurrent
+        neural networks", ICML 2013.
+    """
+    check_in_range("clip_by_global_norm", "max_norm", max_norm, 0.0)
+
+    def init(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update(
+        updates: Updates, state: EmptyState, params: Params | None = None, **extra
+    ) -> tuple[Updates, EmptyState]:
+        del params
+        norm = global_norm(updates)
+        # min(1, c / norm), written so that no branch divides by zero: a zero
+        # norm would give 0/0 (for c = 0) and a NaN gradient through the ratio.
+        over = norm > max_norm
+        factor = jnp.where(over, max_norm / jnp.where(over, norm, 1.0), 1.0)
+
+        def leaf(g):
+            g_c = g.astype(compute_dtype(g))
+            return (g_c * factor.astype(g_c.dtype)).astype(g.dtype)
+
+        return jax.tree.map(leaf, updates), state
+
+    return GradientTransformation(init, update)

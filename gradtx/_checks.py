@@ -110,17 +110,20 @@ def check_same_tree(
         return
     paths_a = [path_str(p) for p, _ in leaves_a]
     paths_b = [path_str(p) for p, _ in leaves_b]
-    for pa, pb in zip(paths_a, paths_b, strict=False):
-        if pa != pb:
-            where = f"'{pa}' in {name_a} where {name_b} has '{pb}'"
-            break
+    set_a, set_b = set(paths_a), set(paths_b)
+    only_a = [p for p in paths_a if p not in set_b]
+    only_b = [p for p in paths_b if p not in set_a]
+    if only_a and only_b:
+        where = (
+            f"'{only_a[0]}' in {name_a} is not in {name_b}, which has "
+            f"'{only_b[0]}' instead"
+        )
+    elif only_a:
+        where = f"'{only_a[0]}' in {name_a} is not in {name_b}"
+    elif only_b:
+        where = f"'{only_b[0]}' in {name_b} is missing from {name_a}"
     else:
-        if len(paths_a) > len(paths_b):
-            where = f"'{paths_a[len(paths_b)]}' in {name_a} is missing from {name_b}"
-        elif len(paths_b) > len(paths_a):
-            where = f"'{paths_b[len(paths_a)]}' in {name_b} is missing from {name_a}"
-        else:
-            where = f"the containers: {def_a} against {def_b}"
+        where = f"the containers: {def_a} against {def_b}"
     raise ValueError(
         f"{fn}: the structure of {name_a} does not match {name_b}; first "
         f"difference at {where}. Pass a tree with the same structure as the "

@@ -174,10 +174,11 @@ def _format_value(value: Any) -> str:
         return _one_line(value)
     if value is None or isinstance(value, bool | int | float | complex | str):
         return repr(value)
-    if isinstance(value, np.dtype) or (
-        isinstance(value, type) and issubclass(value, np.generic)
-    ):
-        return jnp.dtype(value).name
+    if isinstance(value, np.dtype | type):
+        try:
+            return jnp.dtype(value).name  # numpy and jax.numpy scalar types
+        except TypeError:
+            return value.__name__ if isinstance(value, type) else repr(value)
     if isinstance(value, jax.core.Tracer):
         return f"<traced {value.dtype}{list(value.shape)}>"
     if isinstance(value, jax.Array | np.ndarray | np.generic):

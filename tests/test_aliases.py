@@ -1,0 +1,199 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import references as R
+
+import gradtx
+
+RTOL = 1e-4
+
+
+def lr_schedule(t):
+    return 0.05 * 0.98**t
+
+
+OPTIMIZERS = {
+    "sgd": (gradtx.sgd(0.05), R.scale_by_learning_rate(0.05)),
+    "sgd/schedule": (gradtx.sgd(lr_schedule), R.scale_by_learning_rate(lr_schedule)),
+    "sgd/momentum": (
+        gradtx.sgd(0.05, momentum=0.9),
+        R.chain(R.momentum(0.9), R.scale_by_learning_rate(0.05)),
+    ),
+    "sgd/nesterov": (
+        gradtx.sgd(0.05, momentum=0.9, nesterov=True),
+        R.chain(R.momentum(0.9, nesterov=True), R.scale_by_learning_rate(0.05)),
+    ),
+    "sgd/dampening": (
+        gradtx.sgd(0.05, momentum=0.9, dampening=0.5),
+        R.chain(R.momentum(0.9, dampening=0.5), R.scale_by_learning_rate(0.05)),
+    ),
+    "rmsprop": (
+        gradtx.rmsprop(0.01),
+        R.chain(R.rms(0.9), R.scale_by_learning_rate(0.01)),
+    ),
+    "rmsprop/centered_momentum": (
+        gradtx.rmsprop(0.01, decay=0.95, centered=True, momentum=0.9),
+        R.chain(
+            R.rms(0.95, centered=True), R.momentum(0.9), R.scale_by_learning_rate(0.01)
+        ),
+    ),
+    "rmsprop/eps_in_sqrt_nesterov": (
+        gradtx.rmsprop(0.01, eps=1e-4, eps_in_sqrt=True, momentum=0.5, nesterov=True),
+        R.chain(
+            R.rms(0.9, eps=1e-4, eps_in_sqrt=True),
+            R.momentum(0.5, nesterov=True),
+            R.scale_by_learning_rate(0.01),
+        ),
+    ),
+    "adagrad": (
+        gradtx.adagrad(0.1),
+        R.chain(R.adagrad(), R.scale_by_learning_rate(0.1)),
+    ),
+    "adadelta": (
+        gradtx.adadelta(),
+        R.chain(R.adadelta(), R.scale_by_learning_rate(1.0)),
+    ),
+    "adam": (gradtx.adam(0.01), R.chain(R.adam(), R.scale_by_learning_rate(0.01))),
+    "adam/nesterov_schedule": (
+        gradtx.adam(lr_schedule, b1=0.8, nesterov=True),
+        R.chain(R.adam(b1=0.8, nesterov=True), R.scale_by_learning_rate(lr_schedule)),
+    ),
+    "adam_l2": (
+        gradtx.adam_l2(0.01, weight_decay=0.1),
+        R.chain(R.add_decayed_weights(0.1), R.adam(), R.scale_by_learning_rate(0.01)),
+    ),
+    "adamw": (
+        gradtx.adamw(0.01, weight_decay=0.1),
+        R.chain(R.adam(), R.add_decayed_weights(0.1), R.scale_by_learning_rate(0.01)),
+    ),
+    "adamw/mask_and_adam_args": (
+        gradtx.adamw(
+            0.01, weight_decay=0.1, mask={"w": True, "b": False, "s": False}, b2=0.99
+        ),
+        R.chain(
+            R.adam(b2=0.99),
+            R.add_decayed_weights(0.1, mask={"w": True, "b": False, "s": False}),
+            R.scale_by_learning_rate(0.01),
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTIMIZERS))
+def test_matches_float64_equation(case):
+    tx, ref = OPTIMIZERS[case]
+    got, want = R.run_side_by_side(tx, ref)
+    assert R.max_relative_error(got, want) < RTOL
+
+
+def _trajectory(tx, steps=50):
+    params = R.to_f32(R.make_params(3))
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return gradtx.apply_updates(params, updates), state
+
+    for g in R.make_grads(steps, 4):
+        params, state = step(params, state, R.to_f32(g))
+    return params
+
+
+def _same(a, b):
+    return jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), a, b))
+
+
+def test_swapping_one_link_turns_adamw_into_adam_l2():
+    lr, wd = 0.01, 0.1
+    decoupled = gradtx.chain(
+        gradtx.scale_by_adam(),
+        gradtx.add_decayed_weights(wd),
+        gradtx.scale_by_learning_rate(lr),
+    )
+    coupled = gradtx.chain(
+        gradtx.add_decayed_weights(wd),
+        gradtx.scale_by_adam(),
+        gradtx.scale_by_learning_rate(lr),
+    )
+    assert _same(_trajectory(decoupled), _trajectory(gradtx.adamw(lr, weight_decay=wd)))
+    assert _same(_trajectory(coupled), _trajectory(gradtx.adam_l2(lr, weight_decay=wd)))
+    gap = jax.tree.map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))),
+        _trajectory(decoupled),
+        _trajectory(coupled),
+    )
+    assert max(jax.tree.leaves(gap)) > 1e-3  # the two models of decay really differ
+
+
+def test_decoupled_decay_shrinks_every_weight_by_the_same_fraction():
+    # With zero gradients Adam's step is zero, so adamw only decays:
+    # p <- p * (1 - lr * wd), whatever each weight's gradient history.
+    lr, wd = 0.1, 0.5
+    tx = gradtx.adamw(lr, weight_decay=wd)
+    params = {"w": jnp.array([1.0, -4.0, 0.25])}
+    state = tx.init(params)
+    updates, state = tx.update({"w": jnp.zeros(3)}, state, params)
+    new = gradtx.apply_updates(params, updates)
+    np.testing.assert_allclose(new["w"], params["w"] * (1 - lr * wd), rtol=1e-6)
+
+
+def test_coupled_decay_is_rescaled_by_adam():
+    # The same situation under adam_l2: the decay term goes through Adam, so
+    # the first step is lr * sign(p), not proportional to p.
+    tx = gradtx.adam_l2(0.1, weight_decay=0.5)
+    params = {"w": jnp.array([1.0, -4.0, 0.25])}
+    updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.1 * np.sign(params["w"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: gradtx.sgd(0.1, nesterov=True),
+        lambda: gradtx.sgd(0.1, dampening=0.5),
+        lambda: gradtx.rmsprop(0.1, nesterov=True),
+    ],
+)
+def test_momentum_options_without_momentum_raise(build):
+    with pytest.raises(ValueError, match="need a momentum"):
+        build()
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda: gradtx.sgd(-0.1),
+            r"scale_by_learning_rate: learning_rate must be in \[0, inf\)",
+        ),
+        (
+            lambda: gradtx.sgd(0.1, momentum=1.0),
+            r"scale_by_momentum: decay must be in \[0, 1\)",
+        ),
+        (
+            lambda: gradtx.rmsprop(0.1, decay=2.0),
+            r"scale_by_rms: decay must be in \[0, 1\)",
+        ),
+        (lambda: gradtx.adagrad(0.1, eps=-1.0), r"scale_by_adagrad: eps must be"),
+        (lambda: gradtx.adadelta(rho=1.0), r"scale_by_adadelta: rho must be"),
+        (lambda: gradtx.adam(1e-3, b1=1.0), r"scale_by_adam: b1 must be in \[0, 1\)"),
+        (
+            lambda: gradtx.adamw(1e-3, weight_decay=-1.0),
+            r"weight_decay must be in \[0, inf\)",
+        ),
+        (
+            lambda: gradtx.adam_l2(1e-3, b2=-0.5),
+            r"scale_by_adam: b2 must be in \[0, 1\)",
+        ),
+    ],
+)
+def test_aliases_validate_through_their_links(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_unknown_adam_argument_is_rejected():
+    with pytest.raises(TypeError, match="beta1"):
+        gradtx.adamw(1e-3, beta1=0.9)

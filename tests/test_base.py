@@ -183,10 +183,8 @@ def test_describe_shows_schedules_dtypes_and_masks_readably():
         return t * 1e-3
 
     text = gradtx.describe(gradtx.scale_by_learning_rate(warmup))
-    assert (
-        text
-        == "scale_by_learning_rate(learning_rate=<function test_describe_shows_schedules_dtypes_and_masks_readably.<locals>.warmup>)"
-    )
+    assert text.startswith("scale_by_learning_rate(learning_rate=<function ")
+    assert text.endswith(".<locals>.warmup>)")
     assert "mu_dtype=bfloat16" in gradtx.describe(
         gradtx.scale_by_adam(mu_dtype=jnp.bfloat16)
     )
@@ -231,7 +229,7 @@ def _run(tx, steps=20):
     }
     state = tx.init(params)
     for i in range(steps):
-        grads = jax.tree.map(lambda p: p * (1.0 + 0.1 * i) + 0.01 * i, params)
+        grads = jax.tree.map(lambda p, i=i: p * (1.0 + 0.1 * i) + 0.01 * i, params)
         updates, state = tx.update(grads, state, params)
         params = gradtx.apply_updates(params, updates)
     return params

@@ -279,3 +279,14 @@ def test_gradtx_optimizer_is_accepted_by_optax_wrappers():
     np.testing.assert_array_equal(u, 0.0)
     u, state = tx.update(jnp.ones(2), state, params)
     np.testing.assert_allclose(u, -0.1, rtol=1e-5)
+
+
+def test_identity_and_set_to_zero_match_their_equations():
+    import references as R
+
+    ident = R.Ref(lambda p: None, lambda g, s, p: (g, s))
+    got, want = R.run_side_by_side(gradtx.identity(), ident, move_params=True)
+    assert R.max_relative_error(got, want) < 1e-6  # float32 sums of the params
+    zero = R.Ref(lambda p: None, lambda g, s, p: ({k: 0 * v for k, v in g.items()}, s))
+    got, want = R.run_side_by_side(gradtx.set_to_zero(), zero, move_params=True)
+    assert R.max_relative_error(got, want) < 1e-6  # float32 sums of the params

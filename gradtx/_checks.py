@@ -96,8 +96,15 @@ def check_same_tree(
     Raises:
         ValueError: If the structures or any leaf shapes differ.
     """
-    leaves_a, def_a = jax.tree_util.tree_flatten_with_path(tree_a)
-    leaves_b, def_b = jax.tree_util.tree_flatten_with_path(tree_b)
+    flat_a, def_a = jax.tree.flatten(tree_a)
+    flat_b, def_b = jax.tree.flatten(tree_b)
+    if def_a == def_b and all(
+        getattr(a, "shape", ()) == getattr(b, "shape", ())
+        for a, b in zip(flat_a, flat_b, strict=True)
+    ):
+        return  # the common case, without building any path
+    leaves_a = jax.tree_util.tree_flatten_with_path(tree_a)[0]
+    leaves_b = jax.tree_util.tree_flatten_with_path(tree_b)[0]
     if def_a == def_b:
         for (path, a), (_, b) in zip(leaves_a, leaves_b, strict=True):
             if getattr(a, "shape", ()) != getattr(b, "shape", ()):

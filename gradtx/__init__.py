@@ -25,6 +25,11 @@ from gradtx.decay import AddDecayedWeightsState as AddDecayedWeightsState
 from gradtx.decay import AddL1PenaltyState as AddL1PenaltyState
 from gradtx.decay import add_decayed_weights as add_decayed_weights
 from gradtx.decay import add_l1_penalty as add_l1_penalty
+from gradtx.injection import InjectHyperparamsState as InjectHyperparamsState
+from gradtx.injection import ReduceOnPlateauState as ReduceOnPlateauState
+from gradtx.injection import inject_hyperparams as inject_hyperparams
+from gradtx.injection import latest_learning_rate as latest_learning_rate
+from gradtx.injection import reduce_on_plateau as reduce_on_plateau
 from gradtx.scaling import ScaleByAdadeltaState as ScaleByAdadeltaState
 from gradtx.scaling import ScaleByAdagradState as ScaleByAdagradState
 from gradtx.scaling import ScaleByAdamState as ScaleByAdamState
@@ -40,6 +45,20 @@ from gradtx.scaling import scale_by_learning_rate as scale_by_learning_rate
 from gradtx.scaling import scale_by_momentum as scale_by_momentum
 from gradtx.scaling import scale_by_rms as scale_by_rms
 from gradtx.scaling import scale_by_schedule as scale_by_schedule
+from gradtx.schedules import constant_schedule as constant_schedule
+from gradtx.schedules import cosine_decay_schedule as cosine_decay_schedule
+from gradtx.schedules import cyclic_schedule as cyclic_schedule
+from gradtx.schedules import exponential_decay as exponential_decay
+from gradtx.schedules import inverse_sqrt_schedule as inverse_sqrt_schedule
+from gradtx.schedules import join_schedules as join_schedules
+from gradtx.schedules import linear_schedule as linear_schedule
+from gradtx.schedules import one_cycle_schedule as one_cycle_schedule
+from gradtx.schedules import piecewise_constant_schedule as piecewise_constant_schedule
+from gradtx.schedules import polynomial_schedule as polynomial_schedule
+from gradtx.schedules import sgdr_schedule as sgdr_schedule
+from gradtx.schedules import (
+    warmup_cosine_decay_schedule as warmup_cosine_decay_schedule,
+)
 
 __version__ = "0.1.0"
 
@@ -48,6 +67,8 @@ __all__ = [
     "AddL1PenaltyState",
     "EmptyState",
     "GradientTransformation",
+    "InjectHyperparamsState",
+    "ReduceOnPlateauState",
     "ScaleByAdadeltaState",
     "ScaleByAdagradState",
     "ScaleByAdamState",
@@ -66,9 +87,22 @@ __all__ = [
     "chain",
     "clip",
     "clip_by_global_norm",
+    "constant_schedule",
+    "cosine_decay_schedule",
+    "cyclic_schedule",
     "describe",
+    "exponential_decay",
     "global_norm",
     "identity",
+    "inject_hyperparams",
+    "inverse_sqrt_schedule",
+    "join_schedules",
+    "latest_learning_rate",
+    "linear_schedule",
+    "one_cycle_schedule",
+    "piecewise_constant_schedule",
+    "polynomial_schedule",
+    "reduce_on_plateau",
     "rmsprop",
     "scale",
     "scale_by_adadelta",
@@ -80,4 +114,6 @@ __all__ = [
     "scale_by_schedule",
     "set_to_zero",
     "sgd",
+    "sgdr_schedule",
+    "warmup_cosine_decay_schedule",
 ]

@@ -58,7 +58,7 @@ def sgd(
         ValueError: If a hyperparameter is out of range, or `nesterov` or
             `dampening` is set without `momentum`.
 
-    Example:
+    Examples:
         >>> import gradtx
         >>> tx = gradtx.sgd(0.1, momentum=0.9, nesterov=True)
         >>> [link.name for link in tx.children]
@@ -177,7 +177,7 @@ def adam(
     Returns:
         A `chain`; the equations are on `scale_by_adam`.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> import gradtx
         >>> params = {"w": jnp.array([1.0, -1.0])}

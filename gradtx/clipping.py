@@ -35,7 +35,7 @@ def clip(max_delta: ArrayLike) -> GradientTransformation:
     Raises:
         ValueError: If `max_delta` is a negative number.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.clip(1.0)
@@ -72,7 +72,7 @@ def global_norm(tree: Updates) -> jax.Array:
     Returns:
         A scalar: sqrt of the sum over leaves of sum(|x|**2).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> gradtx.global_norm({"a": jnp.array([3.0]), "b": jnp.array([[4.0]])})
@@ -104,7 +104,7 @@ def clip_by_global_norm(max_norm: ArrayLike) -> GradientTransformation:
     Raises:
         ValueError: If `max_norm` is a negative number.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.clip_by_global_norm(1.0)

@@ -115,7 +115,7 @@ def add_decayed_weights(
         ValueError: If `weight_decay` is a negative number; at update, if
             `params` is missing or the mask does not fit the params.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.add_decayed_weights(0.1, mask={"w": True, "b": False})
@@ -165,7 +165,7 @@ def add_l1_penalty(
         ValueError: If `strength` is a negative number; at update, if `params`
             is missing or the mask does not fit the params.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.add_l1_penalty(0.5)

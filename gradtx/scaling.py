@@ -77,7 +77,7 @@ def scale(factor: ArrayLike) -> GradientTransformation:
     Returns:
         A `GradientTransformation` whose state is an `EmptyState`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.scale(0.5)
@@ -130,7 +130,7 @@ def _scale_by_step_function(
 
 
 @described
-def scale_by_schedule(schedule: Schedule) -> GradientTransformation:
+def scale_by_schedule(schedule: Schedule | ArrayLike) -> GradientTransformation:
     """Multiply updates by a schedule of the step count.
 
     With t the number of updates already applied (0 at the first update)::
@@ -138,19 +138,29 @@ def scale_by_schedule(schedule: Schedule) -> GradientTransformation:
         u_t = schedule(t) * g_t
 
     Args:
-        schedule: A function from the int32 step count to a scalar.
+        schedule: A function from the int32 step count to a scalar, or a
+            constant (then this is `scale`; `inject_hyperparams` passes
+            constants).
 
     Returns:
         A `GradientTransformation` whose state is a `ScaleByScheduleState`.
 
     Raises:
-        TypeError: If `schedule` is not callable.
+        TypeError: If `schedule` is neither callable nor a number.
     """
     if not callable(schedule):
-        raise TypeError(
-            f"scale_by_schedule: schedule must be a function of the step count, "
-            f"got {type(schedule).__name__}; use scale() for a constant"
-        )
+        try:
+            constant = jnp.asarray(schedule)
+        except TypeError as error:
+            raise TypeError(
+                "scale_by_schedule: schedule must be a function of the step count "
+                f"or a number, got {type(schedule).__name__}"
+            ) from error
+
+        def schedule(count):
+            del count
+            return constant
+
     return _scale_by_step_function(schedule, 1.0, ScaleByScheduleState)
 
 
@@ -174,7 +184,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
     Raises:
         ValueError: If `learning_rate` is a negative number.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.scale_by_learning_rate(0.1)
@@ -229,7 +239,7 @@ def scale_by_momentum(
         ValueError: If `decay` or `dampening` is a number outside [0, 1), or
             `accumulator_dtype` is not a floating-point dtype.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.scale_by_momentum(decay=0.5)
@@ -319,7 +329,7 @@ def scale_by_rms(
     Raises:
         ValueError: If a hyperparameter is a number outside its range.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.scale_by_rms(decay=0.75)
@@ -403,7 +413,7 @@ def scale_by_adagrad(
     Raises:
         ValueError: If a hyperparameter is a number outside its range.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.scale_by_adagrad()
@@ -569,7 +579,7 @@ def scale_by_adam(
         ValueError: If a hyperparameter is a number outside its range or
             `mu_dtype` is not a floating-point dtype.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.scale_by_adam()

@@ -14,32 +14,56 @@ import gradtx
 
 LR = 0.05
 
-# name -> (build, descends): `descends` is True for optimizers; for
+# name -> (factory, kwargs, descends): `descends` is True for optimizers; for
 # transformations that do not flip the sign themselves it is the learning
-# rate the contract chains them with.
+# rate the contract chains them with (None: never moves, no quadratic check).
 CONTRACT = {
-    "identity": (gradtx.identity, LR),
-    "set_to_zero": (gradtx.set_to_zero, None),  # never moves: no quadratic check
-    "scale": (lambda: gradtx.scale(0.5), LR),
-    "scale_by_learning_rate": (lambda: gradtx.scale_by_learning_rate(LR), True),
-    "scale_by_schedule": (lambda: gradtx.scale_by_schedule(lambda t: 0.9**t), LR),
-    "scale_by_momentum": (lambda: gradtx.scale_by_momentum(0.9, nesterov=True), LR),
-    "scale_by_rms": (lambda: gradtx.scale_by_rms(centered=True), LR),
-    "scale_by_adagrad": (gradtx.scale_by_adagrad, LR),
-    "scale_by_adadelta": (lambda: gradtx.scale_by_adadelta(eps=1e-3), 1.0),
-    "scale_by_adam": (gradtx.scale_by_adam, LR),
-    "add_decayed_weights": (lambda: gradtx.add_decayed_weights(1e-2), LR),
-    "add_l1_penalty": (lambda: gradtx.add_l1_penalty(1e-3), LR),
-    "clip": (lambda: gradtx.clip(1.0), LR),
-    "clip_by_global_norm": (lambda: gradtx.clip_by_global_norm(1.0), LR),
-    "chain": (lambda: gradtx.chain(gradtx.clip(1.0), gradtx.scale_by_adam()), LR),
-    "sgd": (lambda: gradtx.sgd(LR, momentum=0.9), True),
-    "rmsprop": (lambda: gradtx.rmsprop(LR, momentum=0.5), True),
-    "adagrad": (lambda: gradtx.adagrad(0.5), True),
-    "adadelta": (lambda: gradtx.adadelta(1.0, eps=1e-3), True),
-    "adam": (lambda: gradtx.adam(LR, mu_dtype=jnp.float32), True),
-    "adam_l2": (lambda: gradtx.adam_l2(LR, weight_decay=1e-2), True),
-    "adamw": (lambda: gradtx.adamw(LR, weight_decay=1e-2), True),
+    "identity": (gradtx.identity, {}, LR),
+    "set_to_zero": (gradtx.set_to_zero, {}, None),
+    "scale": (gradtx.scale, {"factor": 0.5}, LR),
+    "scale_by_learning_rate": (
+        gradtx.scale_by_learning_rate,
+        {"learning_rate": LR},
+        True,
+    ),
+    "scale_by_schedule": (
+        gradtx.scale_by_schedule,
+        {"schedule": gradtx.exponential_decay(1.0, 10, 0.5)},
+        LR,
+    ),
+    "scale_by_momentum": (
+        gradtx.scale_by_momentum,
+        {"decay": 0.9, "nesterov": True},
+        LR,
+    ),
+    "scale_by_rms": (gradtx.scale_by_rms, {"centered": True}, LR),
+    "scale_by_adagrad": (gradtx.scale_by_adagrad, {}, LR),
+    "scale_by_adadelta": (gradtx.scale_by_adadelta, {"eps": 1e-3}, 1.0),
+    "scale_by_adam": (gradtx.scale_by_adam, {"b2": 0.99}, LR),
+    "add_decayed_weights": (gradtx.add_decayed_weights, {"weight_decay": 1e-2}, LR),
+    "add_l1_penalty": (gradtx.add_l1_penalty, {"strength": 1e-3}, LR),
+    "clip": (gradtx.clip, {"max_delta": 1.0}, LR),
+    "clip_by_global_norm": (gradtx.clip_by_global_norm, {"max_norm": 1.0}, LR),
+    "chain": (
+        lambda: gradtx.chain(gradtx.clip(1.0), gradtx.scale_by_adam()),
+        {},
+        LR,
+    ),
+    "reduce_on_plateau": (gradtx.reduce_on_plateau, {"factor": 0.5, "patience": 2}, LR),
+    "sgd": (gradtx.sgd, {"learning_rate": LR, "momentum": 0.9}, True),
+    "rmsprop": (gradtx.rmsprop, {"learning_rate": LR, "momentum": 0.5}, True),
+    "adagrad": (gradtx.adagrad, {"learning_rate": 0.5}, True),
+    "adadelta": (gradtx.adadelta, {"learning_rate": 1.0, "eps": 1e-3}, True),
+    "adam": (
+        gradtx.adam,
+        {
+            "learning_rate": gradtx.cosine_decay_schedule(LR, 100),
+            "mu_dtype": jnp.float32,
+        },
+        True,
+    ),
+    "adam_l2": (gradtx.adam_l2, {"learning_rate": LR, "weight_decay": 1e-2}, True),
+    "adamw": (gradtx.adamw, {"learning_rate": LR, "weight_decay": 1e-2}, True),
 }
 
 # Public names that are not transformation factories.
@@ -49,12 +73,18 @@ NOT_FACTORIES = {
     "apply_updates",
     "describe",
     "global_norm",
+    "inject_hyperparams",  # wraps factories: checked on every entry below
+    "latest_learning_rate",
 }
+SCHEDULES = {
+    n for n in gradtx.__all__ if n.endswith("_schedule") or n.endswith("_decay")
+}
+SCHEDULES.add("join_schedules")
 
 
-def build(name):
-    make, descends = CONTRACT[name]
-    tx = make()
+def build(name, wrap=None):
+    factory, kwargs, descends = CONTRACT[name]
+    tx = (wrap(factory) if wrap else factory)(**kwargs)
     if descends is not True and descends is not None:
         tx = gradtx.chain(tx, gradtx.scale_by_learning_rate(descends))
     return tx
@@ -79,7 +109,7 @@ def make_step(tx):
     def step(params, state):
         grads = jax.grad(loss)(params)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        updates, state = tx.update(grads, state, params)
+        updates, state = tx.update(grads, state, params, loss=loss(params))
         return gradtx.apply_updates(params, updates), state
 
     return jax.jit(step)
@@ -88,7 +118,7 @@ def make_step(tx):
 def test_every_public_name_is_covered():
     names = set(gradtx.__all__)
     states = {n for n in names if n.endswith("State")}
-    missing = names - set(CONTRACT) - NOT_FACTORIES - states
+    missing = names - set(CONTRACT) - NOT_FACTORIES - SCHEDULES - states
     assert not missing, f"add these to CONTRACT: {sorted(missing)}"
     for name in states:
         assert issubclass(getattr(gradtx, name), tuple), name
@@ -116,7 +146,7 @@ def test_low_precision_params_stay_low_precision(name, dtype):
     params = make_params(dtype)
     state = tx.init(params)
     grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.5, params)
-    updates, new_state = jax.jit(tx.update)(grads, state, params)
+    updates, new_state = jax.jit(tx.update)(grads, state, params, loss=1.0)
     assert jax.tree.map(lambda u: u.dtype, updates) == jax.tree.map(
         lambda p: p.dtype, params
     )
@@ -130,7 +160,7 @@ def test_low_precision_params_stay_low_precision(name, dtype):
 
 
 @pytest.mark.parametrize(
-    "name", sorted(n for n in CONTRACT if CONTRACT[n][1] is not None)
+    "name", sorted(n for n in CONTRACT if CONTRACT[n][2] is not None)
 )
 def test_shrinks_a_quadratic(name):
     tx = build(name)
@@ -149,8 +179,8 @@ def test_vmap_runs_a_batch_of_independent_problems(name):
     batch = jax.tree.map(lambda x: jnp.stack([x, 2 * x, -x]), make_params())
 
     def step(params, state):
-        grads = jax.grad(loss)(params)
-        updates, state = tx.update(grads, state, params)
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, state = tx.update(grads, state, params, loss=value)
         return gradtx.apply_updates(params, updates), state
 
     state = jax.vmap(tx.init)(batch)
@@ -166,3 +196,18 @@ def test_vmap_runs_a_batch_of_independent_problems(name):
             jax.tree.leaves(params), jax.tree.leaves(alone), strict=True
         ):
             np.testing.assert_allclose(got[i], want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CONTRACT if n != "chain"))
+def test_same_updates_under_inject_hyperparams(name):
+    tx = build(name)
+    injected = build(name, wrap=gradtx.inject_hyperparams)
+    step, injected_step = make_step(tx), make_step(injected)
+    params, state = make_params(), tx.init(make_params())
+    params_i, state_i = make_params(), injected.init(make_params())
+    for _ in range(5):
+        params, state = step(params, state)
+        params_i, state_i = injected_step(params_i, state_i)
+    # float32 arrays instead of Python constants: a few ulps, not bits
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_i), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -7,6 +7,7 @@ updating.
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import torch
 from peers import gradtx_trajectory, max_relative_gap, torch_trajectory
 
@@ -116,3 +117,36 @@ def test_torch_adagrad_lr_decay_is_a_schedule():
         lambda p: torch.optim.Adagrad(p, lr=lr, lr_decay=lr_decay)
     )
     assert max_relative_gap(ours, theirs) < 1e-5
+
+
+def _torch_lr_after(make_scheduler, steps):
+    param = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=1.0)
+    scheduler = make_scheduler(opt)
+    for _ in range(steps):
+        param.grad = torch.zeros(1)
+        opt.step()
+        scheduler.step()
+    return opt.param_groups[0]["lr"]
+
+
+def test_cosine_holds_its_floor_where_torch_climbs_back():
+    ours = gradtx.cosine_decay_schedule(1.0, 20, alpha=0.1)
+    theirs = _torch_lr_after(
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=20, eta_min=0.1),
+        30,
+    )
+    assert float(ours(30)) == np.float32(0.1)
+    assert theirs > 0.5  # half way back up the cosine
+
+
+def test_one_cycle_holds_where_torch_raises():
+    ours = gradtx.one_cycle_schedule(20, 1.0)
+    assert float(ours(25)) == float(ours(19))
+    with pytest.raises(ValueError):
+        _torch_lr_after(
+            lambda o: torch.optim.lr_scheduler.OneCycleLR(
+                o, max_lr=1.0, total_steps=20, cycle_momentum=False
+            ),
+            25,
+        )

@@ -239,11 +239,15 @@ def test_out_of_range_hyperparameters_raise_at_construction(factory, kwargs, mes
         factory(**kwargs)
 
 
-def test_schedule_must_be_callable():
+def test_schedule_must_be_callable_or_a_number():
     with pytest.raises(
         TypeError, match="scale_by_schedule: schedule must be a function"
     ):
-        gradtx.scale_by_schedule(0.1)
+        gradtx.scale_by_schedule("cosine")
+    tx = gradtx.scale_by_schedule(0.5)
+    u, state = tx.update(jnp.ones(2), tx.init(None))
+    np.testing.assert_array_equal(u, 0.5)
+    assert int(state.count) == 1
 
 
 def test_mismatched_gradient_tree_names_the_first_differing_path():

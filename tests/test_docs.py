@@ -1,0 +1,50 @@
+"""The documentation stays true to the code."""
+
+import doctest
+import pathlib
+import re
+import sys
+
+import gradtx
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_every_public_name_has_an_api_entry():
+    api = (DOCS / "api.md").read_text()
+    documented = set(re.findall(r"^::: gradtx\.(\w+)$", api, flags=re.M))
+    assert set(gradtx.__all__) - documented == set()
+    assert documented - set(gradtx.__all__) == set()
+
+
+def test_schedule_gallery_is_up_to_date(tmp_path):
+    sys.path.insert(0, str(DOCS))
+    try:
+        import gen_schedules
+    finally:
+        sys.path.remove(str(DOCS))
+    gen_schedules.generate(tmp_path)
+    assert (tmp_path / "schedules.md").read_text() == (
+        DOCS / "schedules.md"
+    ).read_text()
+    names = {name for name, *_ in gen_schedules.GALLERY}
+    suffixes = ("_schedule", "_schedules", "_decay")
+    schedules = {n for n in gradtx.__all__ if n.endswith(suffixes)} - {
+        "scale_by_schedule"
+    }
+    assert schedules <= names
+
+
+def test_getting_started_code_runs():
+    text = (DOCS / "index.md").read_text()
+    namespace = {}
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        if block.startswith(">>>"):
+            test = doctest.DocTestParser().get_doctest(
+                block, namespace, "index", "index.md", 0
+            )
+            runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+            runner.run(test)
+            assert runner.summarize(verbose=False).failed == 0
+        else:
+            exec(compile(block, "index.md", "exec"), namespace)

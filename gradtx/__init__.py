@@ -9,8 +9,12 @@ from gradtx.aliases import adagrad as adagrad
 from gradtx.aliases import adam as adam
 from gradtx.aliases import adam_l2 as adam_l2
 from gradtx.aliases import adamw as adamw
+from gradtx.aliases import adamw_independent as adamw_independent
+from gradtx.aliases import adamw_multiplier as adamw_multiplier
 from gradtx.aliases import rmsprop as rmsprop
 from gradtx.aliases import sgd as sgd
+from gradtx.aliases import sgd_l2 as sgd_l2
+from gradtx.aliases import sgdw as sgdw
 from gradtx.base import EmptyState as EmptyState
 from gradtx.base import GradientTransformation as GradientTransformation
 from gradtx.base import apply_updates as apply_updates
@@ -81,6 +85,8 @@ __all__ = [
     "adam",
     "adam_l2",
     "adamw",
+    "adamw_independent",
+    "adamw_multiplier",
     "add_decayed_weights",
     "add_l1_penalty",
     "apply_updates",
@@ -114,6 +120,8 @@ __all__ = [
     "scale_by_schedule",
     "set_to_zero",
     "sgd",
+    "sgd_l2",
     "sgdr_schedule",
+    "sgdw",
     "warmup_cosine_decay_schedule",
 ]

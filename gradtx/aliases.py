@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from gradtx._checks import check_in_range
 from gradtx.base import ArrayLike, GradientTransformation, ScalarOrSchedule, chain
 from gradtx.decay import Mask, add_decayed_weights
 from gradtx.scaling import (
+    scale,
     scale_by_adadelta,
     scale_by_adagrad,
     scale_by_adam,
     scale_by_learning_rate,
     scale_by_momentum,
     scale_by_rms,
+    scale_by_schedule,
 )
 
 
@@ -257,6 +260,161 @@ def adamw(
     """
     return chain(
         scale_by_adam(**adam_args),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw_multiplier(
+    learning_rate: ArrayLike,
+    weight_decay: ArrayLike = 1e-4,
+    schedule: ScalarOrSchedule = 1.0,
+    mask: Mask = None,
+    **adam_args: Any,
+) -> GradientTransformation:
+    """AdamW as in Loshchilov and Hutter's Algorithm 2.
+
+    The decay is scaled by the schedule multiplier `eta_t` only, not by the
+    base learning rate::
+
+        p -= eta_t * (learning_rate * adam_step + weight_decay * p)
+
+    Chain: scale_by_adam -> scale(learning_rate) -> add_decayed_weights ->
+    scale_by_learning_rate(schedule). With `lr_t = learning_rate * eta_t`,
+    `adamw(lr_t, weight_decay / learning_rate)` takes the same steps, so the
+    decay here keeps its meaning when the base learning rate is tuned.
+
+    Args:
+        learning_rate: Base learning rate (alpha in the paper), a number in
+            [0, inf) or an array; the schedule goes in `schedule`.
+        weight_decay: Decay per unit of the multiplier (lambda in the paper).
+        schedule: The multiplier eta_t: a schedule or a number (1.0: none).
+        mask: Leaves to decay, as in `add_decayed_weights`.
+        **adam_args: Passed to `scale_by_adam` (b1, b2, eps, ...).
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        TypeError: If `learning_rate` is a schedule (pass it as `schedule`).
+        ValueError: If a hyperparameter is out of range.
+
+    References:
+        Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR
+        2019, Algorithm 2.
+    """
+    if callable(learning_rate):
+        raise TypeError(
+            "adamw_multiplier: learning_rate is the constant base rate; pass the "
+            "schedule multiplier as schedule=..."
+        )
+    check_in_range("adamw_multiplier", "learning_rate", learning_rate, 0.0)
+    return chain(
+        scale_by_adam(**adam_args),
+        scale(learning_rate),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(schedule),
+    )
+
+
+def adamw_independent(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ArrayLike = 1e-4,
+    mask: Mask = None,
+    **adam_args: Any,
+) -> GradientTransformation:
+    """Adam with weight decay independent of the learning rate and schedule.
+
+    Each step removes the same fraction `weight_decay` of every weight,
+    whatever the learning rate or its schedule::
+
+        p -= lr_t * adam_step + weight_decay * p
+
+    Chain: scale_by_adam -> scale_by_schedule(learning_rate) ->
+    add_decayed_weights -> scale(-1).
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        weight_decay: Fraction of each weight removed per step, in [0, 1).
+        mask: Leaves to decay, as in `add_decayed_weights`.
+        **adam_args: Passed to `scale_by_adam` (b1, b2, eps, ...).
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+    """
+    check_in_range("adamw_independent", "learning_rate", learning_rate, 0.0)
+    check_in_range(
+        "adamw_independent", "weight_decay", weight_decay, 0.0, 1.0, high_open=True
+    )
+    return chain(
+        scale_by_adam(**adam_args),
+        scale_by_schedule(learning_rate),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale(-1.0),
+    )
+
+
+def sgd_l2(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    momentum: ArrayLike | None = None,
+    nesterov: bool = False,
+    mask: Mask = None,
+) -> GradientTransformation:
+    """SGD on an L2-penalised loss: the decay enters the momentum buffer.
+
+    Chain: add_decayed_weights -> [scale_by_momentum] ->
+    scale_by_learning_rate. This is `torch.optim.SGD(weight_decay=...)`.
+    Without momentum it takes the same steps as `sgdw`.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        weight_decay: L2 coefficient (gradient of `wd/2 * ||p||**2`).
+        momentum: Momentum coefficient in [0, 1), or None.
+        nesterov: Use Nesterov momentum (needs `momentum`).
+        mask: Leaves to decay, as in `add_decayed_weights`.
+
+    Returns:
+        A `chain`; the equations are on its links.
+    """
+    return chain(
+        add_decayed_weights(weight_decay, mask=mask),
+        *_momentum_links("sgd_l2", momentum, nesterov),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgdw(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    momentum: ArrayLike | None = None,
+    nesterov: bool = False,
+    mask: Mask = None,
+) -> GradientTransformation:
+    """SGD with decoupled weight decay (SGDW): the decay skips the momentum.
+
+    Chain: [scale_by_momentum] -> add_decayed_weights ->
+    scale_by_learning_rate, so each step is `p -= lr * (v + wd * p)`.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        weight_decay: Decay rate per unit of learning rate.
+        momentum: Momentum coefficient in [0, 1), or None.
+        nesterov: Use Nesterov momentum (needs `momentum`).
+        mask: Leaves to decay, as in `add_decayed_weights`.
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    References:
+        Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR
+        2019, Algorithm 1.
+    """
+    return chain(
+        *_momentum_links("sgdw", momentum, nesterov),
         add_decayed_weights(weight_decay, mask=mask),
         scale_by_learning_rate(learning_rate),
     )

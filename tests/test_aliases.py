@@ -77,6 +77,38 @@ OPTIMIZERS = {
             R.scale_by_learning_rate(0.01),
         ),
     ),
+    "adamw_multiplier": (
+        gradtx.adamw_multiplier(0.01, weight_decay=0.05, schedule=lr_schedule),
+        R.chain(
+            R.adam(),
+            R.scale(0.01),
+            R.add_decayed_weights(0.05),
+            R.scale_by_learning_rate(lr_schedule),
+        ),
+    ),
+    "adamw_independent": (
+        gradtx.adamw_independent(lr_schedule, weight_decay=0.01),
+        R.chain(
+            R.adam(),
+            R.scale_by_schedule(lr_schedule),
+            R.add_decayed_weights(0.01),
+            R.scale(-1.0),
+        ),
+    ),
+    "sgd_l2": (
+        gradtx.sgd_l2(0.05, weight_decay=0.1, momentum=0.9),
+        R.chain(
+            R.add_decayed_weights(0.1), R.momentum(0.9), R.scale_by_learning_rate(0.05)
+        ),
+    ),
+    "sgdw": (
+        gradtx.sgdw(0.05, weight_decay=0.1, momentum=0.9, nesterov=True),
+        R.chain(
+            R.momentum(0.9, nesterov=True),
+            R.add_decayed_weights(0.1),
+            R.scale_by_learning_rate(0.05),
+        ),
+    ),
 }
 
 
@@ -197,3 +229,58 @@ def test_aliases_validate_through_their_links(build, message):
 def test_unknown_adam_argument_is_rejected():
     with pytest.raises(TypeError, match="beta1"):
         gradtx.adamw(1e-3, beta1=0.9)
+
+
+def test_four_decay_models_differ_only_in_how_the_decay_is_scaled():
+    # With zero gradients Adam's step vanishes and only the decay moves p.
+    lr, wd, eta = 0.1, 0.2, 0.5
+    params = jnp.array([1.0, -2.0])
+    zeros = jnp.zeros(2)
+
+    def first_step(tx):
+        updates, _ = tx.update(zeros, tx.init(params), params)
+        return np.asarray(updates)
+
+    np.testing.assert_allclose(
+        first_step(gradtx.adamw(lr * eta, wd)), -lr * eta * wd * params
+    )
+    np.testing.assert_allclose(
+        first_step(gradtx.adamw_multiplier(lr, wd, schedule=eta)), -eta * wd * params
+    )
+    np.testing.assert_allclose(
+        first_step(gradtx.adamw_independent(lr * eta, wd)), -wd * params
+    )
+    np.testing.assert_allclose(
+        first_step(gradtx.adam_l2(lr * eta, wd)), -lr * eta * np.sign(params), rtol=1e-5
+    )
+
+
+def test_adamw_multiplier_is_adamw_with_a_rescaled_decay():
+    base = 0.01
+    got = _trajectory(gradtx.adamw_multiplier(base, 1e-3, schedule=lr_schedule))
+    want = _trajectory(
+        gradtx.adamw(lambda t: base * lr_schedule(t), weight_decay=1e-3 / base)
+    )
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_sgd_l2_and_sgdw_coincide_without_momentum_and_differ_with_it():
+    plain = [
+        _trajectory(f(0.05, weight_decay=0.1)) for f in (gradtx.sgd_l2, gradtx.sgdw)
+    ]
+    assert _same(*plain)
+    heavy = [
+        _trajectory(f(0.05, weight_decay=0.1, momentum=0.9))
+        for f in (gradtx.sgd_l2, gradtx.sgdw)
+    ]
+    assert not _same(*heavy)
+
+
+def test_adamw_multiplier_rejects_a_schedule_as_learning_rate():
+    with pytest.raises(TypeError, match="pass the schedule multiplier as schedule="):
+        gradtx.adamw_multiplier(lr_schedule)
+    with pytest.raises(
+        ValueError, match=r"adamw_independent: weight_decay must be in \[0, 1\)"
+    ):
+        gradtx.adamw_independent(0.1, weight_decay=1.0)

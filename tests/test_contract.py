@@ -64,6 +64,18 @@ CONTRACT = {
     ),
     "adam_l2": (gradtx.adam_l2, {"learning_rate": LR, "weight_decay": 1e-2}, True),
     "adamw": (gradtx.adamw, {"learning_rate": LR, "weight_decay": 1e-2}, True),
+    "adamw_multiplier": (
+        gradtx.adamw_multiplier,
+        {"learning_rate": LR, "weight_decay": 1e-3, "schedule": 0.5},
+        True,
+    ),
+    "adamw_independent": (
+        gradtx.adamw_independent,
+        {"learning_rate": LR, "weight_decay": 1e-3},
+        True,
+    ),
+    "sgd_l2": (gradtx.sgd_l2, {"learning_rate": LR, "momentum": 0.9}, True),
+    "sgdw": (gradtx.sgdw, {"learning_rate": LR, "momentum": 0.9}, True),
 }
 
 # Public names that are not transformation factories.

@@ -86,6 +86,10 @@ TORCH_CASES = {
         lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
     ),
     "SGD": (gradtx.sgd(0.05), lambda p: torch.optim.SGD(p, lr=0.05)),
+    "SGD/weight_decay_is_sgd_l2": (
+        gradtx.sgd_l2(0.05, weight_decay=0.1, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.1),
+    ),
     "SGD/momentum": (
         gradtx.sgd(0.05, momentum=0.9),
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),

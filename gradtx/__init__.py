@@ -4,6 +4,7 @@ Every idea about turning a gradient into an update is one pure
 `(init, update)` pair, and optimizers are chains of them.
 """
 
+from gradtx import masks as masks
 from gradtx.aliases import adadelta as adadelta
 from gradtx.aliases import adagrad as adagrad
 from gradtx.aliases import adam as adam
@@ -63,15 +64,28 @@ from gradtx.schedules import sgdr_schedule as sgdr_schedule
 from gradtx.schedules import (
     warmup_cosine_decay_schedule as warmup_cosine_decay_schedule,
 )
+from gradtx.wrappers import AccumulateGradientsState as AccumulateGradientsState
+from gradtx.wrappers import ApplyIfFiniteState as ApplyIfFiniteState
+from gradtx.wrappers import MaskedState as MaskedState
+from gradtx.wrappers import MultiTransformState as MultiTransformState
+from gradtx.wrappers import accumulate_gradients as accumulate_gradients
+from gradtx.wrappers import apply_if_finite as apply_if_finite
+from gradtx.wrappers import freeze as freeze
+from gradtx.wrappers import masked as masked
+from gradtx.wrappers import multi_transform as multi_transform
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccumulateGradientsState",
     "AddDecayedWeightsState",
     "AddL1PenaltyState",
+    "ApplyIfFiniteState",
     "EmptyState",
     "GradientTransformation",
     "InjectHyperparamsState",
+    "MaskedState",
+    "MultiTransformState",
     "ReduceOnPlateauState",
     "ScaleByAdadeltaState",
     "ScaleByAdagradState",
@@ -80,6 +94,7 @@ __all__ = [
     "ScaleByMomentumState",
     "ScaleByRmsState",
     "ScaleByScheduleState",
+    "accumulate_gradients",
     "adadelta",
     "adagrad",
     "adam",
@@ -89,6 +104,7 @@ __all__ = [
     "adamw_multiplier",
     "add_decayed_weights",
     "add_l1_penalty",
+    "apply_if_finite",
     "apply_updates",
     "chain",
     "clip",
@@ -98,6 +114,7 @@ __all__ = [
     "cyclic_schedule",
     "describe",
     "exponential_decay",
+    "freeze",
     "global_norm",
     "identity",
     "inject_hyperparams",
@@ -105,6 +122,9 @@ __all__ = [
     "join_schedules",
     "latest_learning_rate",
     "linear_schedule",
+    "masked",
+    "masks",
+    "multi_transform",
     "one_cycle_schedule",
     "piecewise_constant_schedule",
     "polynomial_schedule",

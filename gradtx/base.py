@@ -69,7 +69,7 @@ class GradientTransformation(_Pair):
         children: Transformations it is made of, in order (for `chain`).
         hyperparams: The factory's keyword arguments, defaults included.
 
-    Example:
+    Examples:
         >>> import gradtx
         >>> tx = gradtx.sgd(0.1)
         >>> tx
@@ -187,6 +187,12 @@ def _format_value(value: Any) -> str:
         return f"<array {value.dtype}{list(value.shape)}>"
     if inspect.isfunction(value) or inspect.ismethod(value):
         return f"<function {value.__qualname__}>"
+    if (
+        isinstance(value, Mapping)
+        and value
+        and all(_is_transformation(v) for v in value.values())
+    ):  # a dict of transformations, such as multi_transform's groups
+        return "{" + ", ".join(f"{k!r}: {_one_line(v)}" for k, v in value.items()) + "}"
     if isinstance(value, dict | list | tuple):
         text = repr(value)
         if len(text) <= 40 and "<" not in text:
@@ -211,19 +217,37 @@ def _one_line(tx: Any) -> str:
     return f"{name}({', '.join(items)})"
 
 
-def _indented(tx: Any, indent: int, width: int) -> str:
+def _indented(tx: Any, indent: int, width: int, lead: int = 0) -> str:
+    """`tx` as text whose first line starts `lead` columns after `indent`."""
     line = _one_line(tx)
     name, children, hyperparams = _parts(tx)
-    nested = children or any(_is_transformation(v) for _, v in hyperparams)
-    if indent + len(line) <= width or not nested:
+
+    def is_group(value: Any) -> bool:  # a dict of transformations
+        return (
+            isinstance(value, Mapping)
+            and bool(value)
+            and all(_is_transformation(v) for v in value.values())
+        )
+
+    nested = children or any(
+        _is_transformation(v) or is_group(v) for _, v in hyperparams
+    )
+    if indent + lead + len(line) <= width or not nested:
         return line  # a single link stays on one line, however long
     pad = " " * (indent + 4)
     rows = [pad + _indented(c, indent + 4, width) + "," for c in children]
     for key, value in hyperparams:
+        text = _format_value(value)
         if _is_transformation(value):
-            text = _indented(value, indent + 4 + len(key) + 1, width)
-        else:
-            text = _format_value(value)
+            text = _indented(value, indent + 4, width, lead=len(key) + 1)
+        elif is_group(value) and indent + 4 + len(key) + 1 + len(text) > width:
+            entries = [
+                f"{pad}    {k!r}: "
+                + _indented(v, indent + 8, width, lead=len(repr(k)) + 2)
+                + ","
+                for k, v in value.items()
+            ]
+            text = "\n".join(["{", *entries, pad + "}"])
         rows.append(f"{pad}{key}={text},")
     return "\n".join([f"{name}(", *rows, " " * indent + ")"])
 
@@ -243,7 +267,7 @@ def describe(tx: Any, width: int = 88) -> str:
     Returns:
         The description, as a string.
 
-    Example:
+    Examples:
         >>> import gradtx
         >>> print(gradtx.describe(gradtx.adagrad(0.01)))
         chain(
@@ -409,7 +433,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     Raises:
         TypeError: If a link is not an `(init, update)` pair.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> tx = gradtx.chain(gradtx.clip(1.0), gradtx.scale(-0.5))
@@ -470,7 +494,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         ValueError: If the trees differ in structure or shape, naming the first
             differing path.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> gradtx.apply_updates({"w": jnp.ones(2)}, {"w": jnp.array([0.5, -1.0])})

@@ -50,6 +50,33 @@ CONTRACT = {
         LR,
     ),
     "reduce_on_plateau": (gradtx.reduce_on_plateau, {"factor": 0.5, "patience": 2}, LR),
+    "masked": (
+        gradtx.masked,
+        {"inner": gradtx.scale_by_adam(), "mask": {"w": True, "b": False, "s": True}},
+        LR,
+    ),
+    "multi_transform": (
+        gradtx.multi_transform,
+        {
+            "transforms": {
+                "adam": gradtx.adam(LR),
+                "sgd": gradtx.sgd(LR, momentum=0.9),
+            },
+            "labels": {"w": "adam", "b": "sgd", "s": "sgd"},
+        },
+        True,
+    ),
+    "freeze": (gradtx.freeze, {"mask": {"w": False, "b": True, "s": False}}, LR),
+    "apply_if_finite": (
+        gradtx.apply_if_finite,
+        {"inner": gradtx.adam(LR), "max_consecutive_errors": 3},
+        True,
+    ),
+    "accumulate_gradients": (
+        gradtx.accumulate_gradients,
+        {"inner": gradtx.adam(LR), "every_k": 2},
+        True,
+    ),
     "sgd": (gradtx.sgd, {"learning_rate": LR, "momentum": 0.9}, True),
     "rmsprop": (gradtx.rmsprop, {"learning_rate": LR, "momentum": 0.5}, True),
     "adagrad": (gradtx.adagrad, {"learning_rate": 0.5}, True),
@@ -87,6 +114,7 @@ NOT_FACTORIES = {
     "global_norm",
     "inject_hyperparams",  # wraps factories: checked on every entry below
     "latest_learning_rate",
+    "masks",  # a module of mask helpers, tested in test_masks.py
 }
 SCHEDULES = {
     n for n in gradtx.__all__ if n.endswith("_schedule") or n.endswith("_decay")

@@ -103,6 +103,14 @@ def rmsprop(
     Raises:
         ValueError: If a hyperparameter is out of range, or `nesterov` is set
             without `momentum`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.rmsprop(0.1)
+        >>> u, _ = tx.update(jnp.array([1.0, -4.0]), tx.init(jnp.zeros(2)))
+        >>> [round(float(x), 4) for x in u]  # -lr * g / sqrt(0.1 * g**2)
+        [-0.3162, 0.3162]
     """
     return chain(
         scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt, centered=centered),
@@ -127,6 +135,14 @@ def adagrad(
 
     Returns:
         A `chain`; the equations are on `scale_by_adagrad`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.adagrad(0.1)
+        >>> u, _ = tx.update(jnp.array([3.0, -4.0]), tx.init(jnp.zeros(2)))
+        >>> [round(float(x), 4) for x in u]  # first step: -lr * sign(g)
+        [-0.1, 0.1]
     """
     return chain(
         scale_by_adagrad(initial_accumulator_value=initial_accumulator_value, eps=eps),
@@ -149,6 +165,15 @@ def adadelta(
 
     Returns:
         A `chain`; the equations are on `scale_by_adadelta`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.adadelta()
+        >>> g = jnp.array([3.0, -4.0])
+        >>> u, _ = tx.update(g, tx.init(jnp.zeros(2)))
+        >>> bool(jnp.all(u * g < 0))  # descends, unlike optax.adadelta()
+        True
     """
     return chain(
         scale_by_adadelta(rho=rho, eps=eps), scale_by_learning_rate(learning_rate)
@@ -224,6 +249,15 @@ def adam_l2(
 
     Returns:
         A `chain`; the equations are on its links.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> params, zero_grads = jnp.array([1.0, -4.0]), jnp.zeros(2)
+        >>> tx = gradtx.adam_l2(0.1, weight_decay=0.5)
+        >>> u, _ = tx.update(zero_grads, tx.init(params), params)
+        >>> [round(float(x), 4) for x in u]  # the decay went through Adam
+        [-0.1, 0.1]
     """
     return chain(
         add_decayed_weights(weight_decay, mask=mask),
@@ -253,6 +287,15 @@ def adamw(
 
     Returns:
         A `chain`; the equations are on its links.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> params, zero_grads = jnp.array([1.0, -4.0]), jnp.zeros(2)
+        >>> tx = gradtx.adamw(0.1, weight_decay=0.5)
+        >>> u, _ = tx.update(zero_grads, tx.init(params), params)
+        >>> [round(float(x), 4) for x in u]  # -lr * wd * p
+        [-0.05, 0.2]
 
     References:
         Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR
@@ -299,6 +342,15 @@ def adamw_multiplier(
         TypeError: If `learning_rate` is a schedule (pass it as `schedule`).
         ValueError: If a hyperparameter is out of range.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> params, zero_grads = jnp.array([1.0, -4.0]), jnp.zeros(2)
+        >>> tx = gradtx.adamw_multiplier(0.1, weight_decay=0.5, schedule=0.5)
+        >>> u, _ = tx.update(zero_grads, tx.init(params), params)
+        >>> [round(float(x), 4) for x in u]  # -eta * wd * p: no lr
+        [-0.25, 1.0]
+
     References:
         Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR
         2019, Algorithm 2.
@@ -344,6 +396,15 @@ def adamw_independent(
 
     Raises:
         ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> params, zero_grads = jnp.array([1.0, -4.0]), jnp.zeros(2)
+        >>> tx = gradtx.adamw_independent(0.1, weight_decay=0.01)
+        >>> u, _ = tx.update(zero_grads, tx.init(params), params)
+        >>> [round(float(x), 4) for x in u]  # -wd * p: no lr, no schedule
+        [-0.01, 0.04]
     """
     check_in_range("adamw_independent", "learning_rate", learning_rate, 0.0)
     check_in_range(
@@ -379,6 +440,12 @@ def sgd_l2(
 
     Returns:
         A `chain`; the equations are on its links.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.sgd_l2(0.1, weight_decay=1e-4, momentum=0.9)
+        >>> [link.name for link in tx.children]
+        ['add_decayed_weights', 'scale_by_momentum', 'scale_by_learning_rate']
     """
     return chain(
         add_decayed_weights(weight_decay, mask=mask),
@@ -408,6 +475,12 @@ def sgdw(
 
     Returns:
         A `chain`; the equations are on its links.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.sgdw(0.1, weight_decay=1e-4, momentum=0.9)
+        >>> [link.name for link in tx.children]
+        ['scale_by_momentum', 'add_decayed_weights', 'scale_by_learning_rate']
 
     References:
         Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR

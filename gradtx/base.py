@@ -106,7 +106,13 @@ class GradientTransformation(_Pair):
 
 
 class EmptyState(NamedTuple):
-    """State of a transformation that keeps none."""
+    """State of a transformation that keeps none.
+
+    Examples:
+        >>> import gradtx
+        >>> gradtx.clip(1.0).init({"w": 0.0})
+        EmptyState()
+    """
 
 
 F = TypeVar("F", bound=Callable[..., GradientTransformation])
@@ -361,6 +367,13 @@ def identity() -> GradientTransformation:
 
     Returns:
         A `GradientTransformation` whose state is an `EmptyState`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.identity()
+        >>> tx.update(jnp.array([1.0, -2.0]), tx.init(None))[0]
+        Array([ 1., -2.], dtype=float32)
     """
 
     def init(params: Params) -> EmptyState:
@@ -384,6 +397,13 @@ def set_to_zero() -> GradientTransformation:
 
     Returns:
         A `GradientTransformation` whose state is an `EmptyState`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.set_to_zero()
+        >>> tx.update({"w": jnp.array([1.0, -2.0])}, tx.init(None))[0]
+        {'w': Array([0., 0.], dtype=float32)}
     """
 
     def init(params: Params) -> EmptyState:

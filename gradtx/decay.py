@@ -32,13 +32,25 @@ Mask = Any  # a bool pytree (the params' structure or a prefix), or params -> on
 
 
 class AddDecayedWeightsState(NamedTuple):
-    """State of `add_decayed_weights` when the decay is a schedule."""
+    """State of `add_decayed_weights` when the decay is a schedule.
+
+    Examples:
+        >>> import gradtx
+        >>> gradtx.add_decayed_weights(lambda t: 1e-4 * 0.9**t).init(None)
+        AddDecayedWeightsState(count=Array(0, dtype=int32))
+    """
 
     count: jax.Array  # int32 scalar: updates applied so far
 
 
 class AddL1PenaltyState(NamedTuple):
-    """State of `add_l1_penalty` when the strength is a schedule."""
+    """State of `add_l1_penalty` when the strength is a schedule.
+
+    Examples:
+        >>> import gradtx
+        >>> gradtx.add_l1_penalty(lambda t: 1e-3).init(None)
+        AddL1PenaltyState(count=Array(0, dtype=int32))
+    """
 
     count: jax.Array  # int32 scalar: updates applied so far
 

@@ -36,7 +36,16 @@ _NUMERIC_ANNOTATIONS = ("float", "ArrayLike", "Schedule", "Array", "Scalar")
 
 
 class InjectHyperparamsState(NamedTuple):
-    """State of a transformation built by `inject_hyperparams`."""
+    """State of a transformation built by `inject_hyperparams`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.inject_hyperparams(gradtx.sgd)(learning_rate=0.1)
+        >>> state = tx.init(jnp.zeros(2))
+        >>> state.count, state.hyperparams
+        (Array(0, dtype=int32), {'learning_rate': Array(0.1, dtype=float32)})
+    """
 
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict[str, jax.Array]  # values used by the latest update
@@ -231,7 +240,15 @@ def inject_hyperparams(
 
 
 class ReduceOnPlateauState(NamedTuple):
-    """State of `reduce_on_plateau`."""
+    """State of `reduce_on_plateau`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> state = gradtx.reduce_on_plateau().init(jnp.zeros(2))
+        >>> state.scale, state.best_value
+        (Array(1., dtype=float32), Array(inf, dtype=float32))
+    """
 
     scale: jax.Array  # float32: the factor applied to the updates
     best_value: jax.Array  # float32: best averaged loss seen so far

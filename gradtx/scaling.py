@@ -99,13 +99,28 @@ def scale(factor: ArrayLike) -> GradientTransformation:
 
 
 class ScaleByScheduleState(NamedTuple):
-    """State of `scale_by_schedule`."""
+    """State of `scale_by_schedule`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.scale_by_schedule(lambda t: 0.5**t)
+        >>> _, state = tx.update(jnp.ones(2), tx.init(None))
+        >>> state.count
+        Array(1, dtype=int32)
+    """
 
     count: jax.Array  # int32 scalar: updates applied so far
 
 
 class ScaleByLearningRateState(NamedTuple):
-    """State of `scale_by_learning_rate` when the rate is a schedule."""
+    """State of `scale_by_learning_rate` when the rate is a schedule.
+
+    Examples:
+        >>> import gradtx
+        >>> gradtx.scale_by_learning_rate(lambda t: 0.1 / (1 + t)).init(None)
+        ScaleByLearningRateState(count=Array(0, dtype=int32))
+    """
 
     count: jax.Array  # int32 scalar: updates applied so far
 
@@ -147,6 +162,16 @@ def scale_by_schedule(schedule: Schedule | ArrayLike) -> GradientTransformation:
 
     Raises:
         TypeError: If `schedule` is neither callable nor a number.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.scale_by_schedule(gradtx.exponential_decay(1.0, 1, 0.5))
+        >>> state = tx.init(None)
+        >>> for _ in range(3):
+        ...     u, state = tx.update(jnp.ones(1), state)
+        >>> u
+        Array([0.25], dtype=float32)
     """
     if not callable(schedule):
         try:
@@ -202,7 +227,16 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
 
 
 class ScaleByMomentumState(NamedTuple):
-    """State of `scale_by_momentum`."""
+    """State of `scale_by_momentum`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.scale_by_momentum(decay=0.9)
+        >>> _, state = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.zeros(2)}))
+        >>> state.velocity
+        {'w': Array([1., 1.], dtype=float32)}
+    """
 
     velocity: Updates  # the momentum buffer v, same tree as the params
 
@@ -287,7 +321,16 @@ def scale_by_momentum(
 
 
 class ScaleByRmsState(NamedTuple):
-    """State of `scale_by_rms`."""
+    """State of `scale_by_rms`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.scale_by_rms(decay=0.9)
+        >>> _, state = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+        >>> state.nu, state.mean
+        (Array([0.4], dtype=float32), None)
+    """
 
     nu: Updates  # EMA of the squared updates, same tree as the params
     mean: Updates | None  # EMA of the updates when centered, else None
@@ -384,7 +427,16 @@ def scale_by_rms(
 
 
 class ScaleByAdagradState(NamedTuple):
-    """State of `scale_by_adagrad`."""
+    """State of `scale_by_adagrad`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.scale_by_adagrad()
+        >>> _, state = tx.update(jnp.array([3.0]), tx.init(jnp.zeros(1)))
+        >>> state.sum_of_squares
+        Array([9.], dtype=float32)
+    """
 
     sum_of_squares: Updates  # running sum of squared updates
 
@@ -458,7 +510,15 @@ def scale_by_adagrad(
 
 
 class ScaleByAdadeltaState(NamedTuple):
-    """State of `scale_by_adadelta`."""
+    """State of `scale_by_adadelta`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> state = gradtx.scale_by_adadelta().init(jnp.zeros(2))
+        >>> state.grad_sq_avg, state.delta_sq_avg
+        (Array([0., 0.], dtype=float32), Array([0., 0.], dtype=float32))
+    """
 
     grad_sq_avg: Updates  # E[g^2], EMA of squared incoming updates
     delta_sq_avg: Updates  # E[dx^2], EMA of squared outgoing updates
@@ -490,6 +550,14 @@ def scale_by_adadelta(
 
     Raises:
         ValueError: If a hyperparameter is a number outside its range.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.scale_by_adadelta(rho=0.9, eps=1e-6)
+        >>> u, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+        >>> round(float(u[0]), 6)  # sqrt(1e-6) / sqrt(0.1 * 4 + 1e-6) * 2
+        0.003162
 
     References:
         Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012.
@@ -531,7 +599,16 @@ def scale_by_adadelta(
 
 
 class ScaleByAdamState(NamedTuple):
-    """State of `scale_by_adam`."""
+    """State of `scale_by_adam`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.scale_by_adam(mu_dtype=jnp.bfloat16)
+        >>> state = tx.init({"w": jnp.zeros(2)})
+        >>> state.count, state.mu["w"].dtype, state.nu["w"].dtype
+        (Array(0, dtype=int32), dtype(bfloat16), dtype('float32'))
+    """
 
     count: jax.Array  # int32 scalar: updates applied so far
     mu: Updates  # first moment, in mu_dtype or the params' dtype

@@ -119,7 +119,15 @@ def _resolve_labels(
 
 
 class MaskedState(NamedTuple):
-    """State of `masked`."""
+    """State of `masked`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.masked(gradtx.scale_by_momentum(), {"w": True, "b": False})
+        >>> tx.init({"w": jnp.zeros(2), "b": jnp.zeros(2)}).inner_state.velocity
+        {'b': None, 'w': Array([0., 0.], dtype=float32)}
+    """
 
     inner_state: OptState  # the inner state, over the selected leaves only
 
@@ -202,7 +210,18 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformation:
 
 
 class MultiTransformState(NamedTuple):
-    """State of `multi_transform`."""
+    """State of `multi_transform`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.multi_transform(
+        ...     {"adam": gradtx.adam(1e-3), "sgd": gradtx.sgd(0.1)},
+        ...     {"w": "adam", "b": "sgd"},
+        ... )
+        >>> sorted(tx.init({"w": jnp.zeros(2), "b": jnp.zeros(2)}).inner_states)
+        ['adam', 'sgd']
+    """
 
     inner_states: dict[str, OptState]  # label -> that group's state
 
@@ -379,7 +398,16 @@ def freeze(mask: Mask) -> GradientTransformation:
 
 
 class ApplyIfFiniteState(NamedTuple):
-    """State of `apply_if_finite`."""
+    """State of `apply_if_finite`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.apply_if_finite(gradtx.sgd(0.1), max_consecutive_errors=2)
+        >>> _, state = tx.update(jnp.array([jnp.inf]), tx.init(jnp.zeros(1)))
+        >>> state.notfinite_in_a_row, state.last_finite
+        (Array(1, dtype=int32), Array(False, dtype=bool))
+    """
 
     notfinite_in_a_row: jax.Array  # int32: non-finite steps since the last finite
     notfinite_total: jax.Array  # int32: non-finite steps so far
@@ -487,7 +515,16 @@ def apply_if_finite(
 
 
 class AccumulateGradientsState(NamedTuple):
-    """State of `accumulate_gradients`."""
+    """State of `accumulate_gradients`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.accumulate_gradients(gradtx.sgd(0.1), every_k=4)
+        >>> _, state = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+        >>> state.micro_step, state.acc
+        (Array(1, dtype=int32), Array([1., 1.], dtype=float32))
+    """
 
     micro_step: jax.Array  # int32 in [0, every_k): micro-steps since the last step
     acc: Updates | None  # their summed updates; None when every_k is 1

@@ -1,6 +1,7 @@
 """The documentation stays true to the code."""
 
 import doctest
+import inspect
 import pathlib
 import re
 import sys
@@ -48,3 +49,27 @@ def test_getting_started_code_runs():
             assert runner.summarize(verbose=False).failed == 0
         else:
             exec(compile(block, "index.md", "exec"), namespace)
+
+
+def _public_objects():
+    for name in gradtx.__all__:
+        obj = getattr(gradtx, name)
+        if inspect.ismodule(obj):
+            for member in obj.__dict__:
+                value = getattr(obj, member)
+                if not member.startswith("_") and inspect.isfunction(value):
+                    if value.__module__ == obj.__name__:
+                        yield f"{name}.{member}", value
+        else:
+            yield name, obj
+
+
+def test_every_public_name_has_a_docstring_with_a_runnable_example():
+    # The examples themselves run under pytest --doctest-modules gradtx.
+    missing = [
+        name
+        for name, obj in _public_objects()
+        if ">>>" not in (inspect.getdoc(obj) or "")
+        or "Examples:" not in (inspect.getdoc(obj) or "")
+    ]
+    assert missing == []

@@ -27,9 +27,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Regenerates the generated pages (schedule gallery) and builds the site with
-# warnings as errors (strict mode is set in mkdocs.yml).
+# Runs every docstring example, regenerates the generated pages (schedule
+# gallery, optimizer pages) and builds the site with warnings as errors
+# (strict mode is set in mkdocs.yml).
 docs: $(VENV)/.installed-docs
+	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules gradtx
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build
 
 clean:

@@ -6,10 +6,12 @@ import sys
 DOCS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS))
 
+import gen_optimizers  # noqa: E402
 import gen_schedules  # noqa: E402
 
 
 def on_pre_build(config, **kwargs):
-    """Redraw the schedule gallery from the library itself."""
+    """Redraw the schedule gallery and rewrite the optimizer pages."""
     del config, kwargs
     gen_schedules.generate(DOCS)
+    gen_optimizers.generate(DOCS)

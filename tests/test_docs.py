@@ -73,3 +73,20 @@ def test_every_public_name_has_a_docstring_with_a_runnable_example():
         or "Examples:" not in (inspect.getdoc(obj) or "")
     ]
     assert missing == []
+
+
+def test_optimizer_pages_are_up_to_date_and_cover_every_optimizer(tmp_path):
+    sys.path.insert(0, str(DOCS))
+    try:
+        import gen_optimizers
+    finally:
+        sys.path.remove(str(DOCS))
+    for path in gen_optimizers.generate(tmp_path):
+        assert path.read_text() == (DOCS / "optimizers" / path.name).read_text()
+    aliases = {
+        name
+        for name, value in vars(gradtx.aliases).items()
+        if inspect.isfunction(value) and value.__module__ == "gradtx.aliases"
+        if not name.startswith("_")
+    }
+    assert aliases == set(gen_optimizers.OPTIMIZERS)

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test lint docs bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ lint: $(VENV)/.installed-test
 docs: $(VENV)/.installed-docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules gradtx
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build
+
+# The benchmark harness (benchmarks/README.md): gradtx next to optax and
+# torch.optim in one process. Both rewrite docs/benchmarks.md from the results.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks
+
+bench-quick: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

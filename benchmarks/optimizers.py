@@ -1,0 +1,151 @@
+"""The optimizers under test, built the same way in gradtx, optax and torch.optim.
+
+Every library gets the same hyperparameters (`HYPERPARAMS`). The gradtx side
+calls only the public API (`gradtx.adamw(...)`, `gradtx.apply_updates`), so
+whatever gradtx does by default, a fast path included, is what gets timed.
+To time another JAX library or a gradtx variant side by side, add an entry to
+`JAX_LIBRARIES`: a function from an optimizer name to `(tx, apply_updates)`.
+
+Each optimizer also carries its memory-traffic model: the bytes per parameter
+that a step must move at the least, with float32 everything:
+
+- adamw, adam: read p, g, m, v and write p, m, v: 7 x 4 = 28 bytes.
+- sgd with momentum: read p, g, v and write p, v: 5 x 4 = 20 bytes.
+- clip + adamw: adamw plus one more read of g for the global norm: 32 bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+HYPERPARAMS = {
+    "learning_rate": 1e-3,
+    "b1": 0.9,
+    "b2": 0.999,
+    "eps": 1e-8,
+    "weight_decay": 1e-2,
+    "momentum": 0.9,
+    "max_norm": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer under test and its memory-traffic model."""
+
+    name: str
+    label: str
+    bytes_per_param: int
+    traffic: str
+
+
+OPTIMIZERS = {
+    "adamw": OptimizerSpec(
+        "adamw", "AdamW", 28, "read p, g, m, v; write p, m, v (7 x 4 B)"
+    ),
+    "adam": OptimizerSpec("adam", "Adam", 28, "read p, g, m, v; write p, m, v"),
+    "sgd": OptimizerSpec(
+        "sgd", "SGD momentum 0.9", 20, "read p, g, v; write p, v (5 x 4 B)"
+    ),
+    "clip_adamw": OptimizerSpec(
+        "clip_adamw",
+        "clip_by_global_norm(1) + AdamW",
+        32,
+        "AdamW plus one read of g for the norm (8 x 4 B)",
+    ),
+}
+DEFAULT_OPTIMIZERS = tuple(OPTIMIZERS)
+
+
+def _gradtx(name: str) -> tuple[Any, Callable[..., Any]]:
+    import gradtx
+
+    h = HYPERPARAMS
+    adam_args = dict(b1=h["b1"], b2=h["b2"], eps=h["eps"])
+    if name == "adamw":
+        tx = gradtx.adamw(
+            h["learning_rate"], weight_decay=h["weight_decay"], **adam_args
+        )
+    elif name == "adam":
+        tx = gradtx.adam(h["learning_rate"], **adam_args)
+    elif name == "sgd":
+        tx = gradtx.sgd(h["learning_rate"], momentum=h["momentum"])
+    elif name == "clip_adamw":
+        tx = gradtx.chain(
+            gradtx.clip_by_global_norm(h["max_norm"]), _gradtx("adamw")[0]
+        )
+    else:
+        raise ValueError(f"gradtx: unknown optimizer {name!r}")
+    return tx, gradtx.apply_updates
+
+
+def _optax(name: str) -> tuple[Any, Callable[..., Any]]:
+    import optax
+
+    h = HYPERPARAMS
+    adam_args = dict(b1=h["b1"], b2=h["b2"], eps=h["eps"])
+    if name == "adamw":
+        tx = optax.adamw(
+            h["learning_rate"], weight_decay=h["weight_decay"], **adam_args
+        )
+    elif name == "adam":
+        tx = optax.adam(h["learning_rate"], **adam_args)
+    elif name == "sgd":
+        tx = optax.sgd(h["learning_rate"], momentum=h["momentum"])
+    elif name == "clip_adamw":
+        tx = optax.chain(optax.clip_by_global_norm(h["max_norm"]), _optax("adamw")[0])
+    else:
+        raise ValueError(f"optax: unknown optimizer {name!r}")
+    return tx, optax.apply_updates
+
+
+# name -> (optimizer name -> (tx, apply_updates)); the order is the column order.
+JAX_LIBRARIES: dict[str, Callable[[str], tuple[Any, Callable[..., Any]]]] = {
+    "gradtx": _gradtx,
+    "optax": _optax,
+}
+
+# torch.optim implementations timed, each a constructor keyword set to True.
+TORCH_IMPLS = ("foreach", "fused")
+
+
+def make_torch(name: str, params: list[Any], impl: str) -> tuple[Any, float | None]:
+    """A torch.optim optimizer for `name` over `params`, and its clip norm.
+
+    Args:
+        name: One of `OPTIMIZERS`.
+        params: The tensors to optimize.
+        impl: "foreach" or "fused": the constructor flag set to True.
+
+    Returns:
+        `(optimizer, max_norm)`; `max_norm` is None unless the step must first
+        call `torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)`.
+
+    Raises:
+        ValueError: If the optimizer name is unknown.
+        RuntimeError: If torch rejects the implementation on this device.
+    """
+    import torch
+
+    h = HYPERPARAMS
+    flag = {impl: True}
+    betas = (h["b1"], h["b2"])
+    lr = h["learning_rate"]
+    if name in ("adamw", "clip_adamw"):
+        opt = torch.optim.AdamW(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=h["eps"],
+            weight_decay=h["weight_decay"],
+            **flag,
+        )
+    elif name == "adam":
+        opt = torch.optim.Adam(params, lr=lr, betas=betas, eps=h["eps"], **flag)
+    elif name == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=h["momentum"], **flag)
+    else:
+        raise ValueError(f"torch: unknown optimizer {name!r}")
+    return opt, (h["max_norm"] if name == "clip_adamw" else None)

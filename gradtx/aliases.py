@@ -198,7 +198,10 @@ def adam(
         b1: EMA rate of the first moment, in [0, 1).
         b2: EMA rate of the second moment, in [0, 1).
         eps: Added to the denominator outside the root, in [0, inf).
-        eps_root: Added under the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf). Set a small positive
+            value (1e-8) to differentiate through the update (meta-learning):
+            sqrt has an infinite derivative at 0, where the second moment of
+            a parameter whose gradients are all zero sits.
         nesterov: Use the Nesterov form of the first moment (NAdam).
         mu_dtype: Dtype of the first moment; None keeps the params' dtype.
 

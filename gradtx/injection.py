@@ -132,7 +132,8 @@ def inject_hyperparams(
     time `update` is traced, with the stored values as arrays, so everything
     stays jit-safe, and the updates are differentiable with respect to the
     injected values (`jax.grad` through a few unrolled steps learns a
-    learning rate). To change a value by hand, store an array of the same
+    learning rate; with Adam, pass `eps_root=1e-8` so that parameters whose
+    gradients are all zero do not give NaN derivatives). To change a value by hand, store an array of the same
     dtype, e.g. `jnp.asarray(1e-4, jnp.float32)`: a Python float has a
     different type in JAX's eyes and costs one recompile.
 

@@ -35,6 +35,7 @@ from gradtx.injection import ReduceOnPlateauState as ReduceOnPlateauState
 from gradtx.injection import inject_hyperparams as inject_hyperparams
 from gradtx.injection import latest_learning_rate as latest_learning_rate
 from gradtx.injection import reduce_on_plateau as reduce_on_plateau
+from gradtx.injection import set_hyperparams as set_hyperparams
 from gradtx.scaling import ScaleByAdadeltaState as ScaleByAdadeltaState
 from gradtx.scaling import ScaleByAdagradState as ScaleByAdagradState
 from gradtx.scaling import ScaleByAdamState as ScaleByAdamState
@@ -138,6 +139,7 @@ __all__ = [
     "scale_by_momentum",
     "scale_by_rms",
     "scale_by_schedule",
+    "set_hyperparams",
     "set_to_zero",
     "sgd",
     "sgd_l2",

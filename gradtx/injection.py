@@ -20,6 +20,7 @@ import numpy as np
 
 from gradtx._checks import check_in_range
 from gradtx.base import (
+    ArrayLike,
     GradientTransformation,
     OptState,
     Params,
@@ -133,9 +134,9 @@ def inject_hyperparams(
     stays jit-safe, and the updates are differentiable with respect to the
     injected values (`jax.grad` through a few unrolled steps learns a
     learning rate; with Adam, pass `eps_root=1e-8` so that parameters whose
-    gradients are all zero do not give NaN derivatives). To change a value by hand, store an array of the same
-    dtype, e.g. `jnp.asarray(1e-4, jnp.float32)`: a Python float has a
-    different type in JAX's eyes and costs one recompile.
+    gradients are all zero do not give NaN derivatives). To change a value
+    by hand, use `set_hyperparams(state, learning_rate=1e-4)`, which keeps
+    the stored dtype and shape so that the jitted step does not recompile.
 
     Args:
         factory: A function returning a `GradientTransformation`, such as
@@ -234,6 +235,66 @@ def inject_hyperparams(
         return GradientTransformation(init, update, name=fn, hyperparams=kwargs)
 
     return build
+
+
+def set_hyperparams(state: OptState, **values: ArrayLike) -> OptState:
+    """Replace injected hyperparameters wherever they sit in a state.
+
+    Finds every `InjectHyperparamsState` in `state` (at the top, inside a
+    chain or a wrapper, or nested in another one) and replaces the named
+    values, keeping each stored value's dtype and shape so that the jitted
+    step does not recompile. A value that a schedule computes is recomputed
+    at the next update, so replacing it has no lasting effect.
+
+    Args:
+        state: The state of a transformation that contains
+            `inject_hyperparams` somewhere.
+        **values: New values, by hyperparameter name.
+
+    Returns:
+        The state with the values replaced; `state` itself is unchanged.
+
+    Raises:
+        ValueError: If a name is not an injected hyperparameter of `state`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.chain(
+        ...     gradtx.clip_by_global_norm(1.0),
+        ...     gradtx.inject_hyperparams(gradtx.adamw)(learning_rate=1e-3),
+        ... )
+        >>> state = gradtx.set_hyperparams(tx.init(jnp.zeros(2)), learning_rate=5e-4)
+        >>> state[1].hyperparams["learning_rate"]
+        Array(0.0005, dtype=float32)
+    """
+    seen: set[str] = set()
+
+    def is_injected(node: Any) -> bool:
+        return isinstance(node, InjectHyperparamsState)
+
+    def replace(node: Any) -> Any:
+        if not is_injected(node):
+            return node
+        hyperparams = dict(node.hyperparams)
+        for name, value in values.items():
+            if name in hyperparams:
+                old = jnp.asarray(hyperparams[name])
+                hyperparams[name] = jnp.broadcast_to(
+                    jnp.asarray(value, old.dtype), old.shape
+                )
+                seen.add(name)
+        inner = jax.tree.map(replace, node.inner_state, is_leaf=is_injected)
+        return node._replace(hyperparams=hyperparams, inner_state=inner)
+
+    new_state = jax.tree.map(replace, state, is_leaf=is_injected)
+    missing = sorted(set(values) - seen)
+    if missing:
+        raise ValueError(
+            f"set_hyperparams: {missing} not injected anywhere in the state; build "
+            "the optimizer with gradtx.inject_hyperparams and pass these names"
+        )
+    return new_state
 
 
 # ----------------------------------------------------------------------------

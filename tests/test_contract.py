@@ -114,6 +114,7 @@ NOT_FACTORIES = {
     "global_norm",
     "inject_hyperparams",  # wraps factories: checked on every entry below
     "latest_learning_rate",
+    "set_hyperparams",
     "masks",  # a module of mask helpers, tested in test_masks.py
 }
 SCHEDULES = {

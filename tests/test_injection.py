@@ -417,3 +417,34 @@ def test_latest_learning_rate_without_one_raises():
     tx = gradtx.scale_by_adam()
     with pytest.raises(ValueError, match="latest_learning_rate: found no"):
         gradtx.latest_learning_rate(tx, tx.init(jnp.ones(1)))
+
+
+def test_set_hyperparams_reaches_nested_injections_without_recompiling():
+    tx = gradtx.chain(
+        gradtx.clip_by_global_norm(1.0),
+        inject(gradtx.sgd)(learning_rate=0.1, momentum=0.0),
+    )
+    params = jnp.zeros(2)
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(jnp.full(2, 0.5), state, params)
+        return gradtx.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    params, state = step(params, state)
+    state = gradtx.set_hyperparams(state, learning_rate=1.0)
+    params, state = step(params, state)
+    np.testing.assert_allclose(params, -0.05 - 0.5, rtol=1e-6)
+    assert step._cache_size() == 1
+    with pytest.raises(ValueError, match=r"set_hyperparams: \['b1'\] not injected"):
+        gradtx.set_hyperparams(state, b1=0.5)
+
+
+def test_set_hyperparams_keeps_a_batch_of_values_batched():
+    opt = inject(gradtx.adam)(learning_rate=0.1)
+    state = jax.vmap(opt.init)(jnp.zeros((3, 2)))
+    state = gradtx.set_hyperparams(state, learning_rate=jnp.array([0.1, 0.2, 0.3]))
+    np.testing.assert_allclose(state.hyperparams["learning_rate"], [0.1, 0.2, 0.3])
+    state = gradtx.set_hyperparams(state, learning_rate=0.5)
+    assert state.hyperparams["learning_rate"].shape == (3,)

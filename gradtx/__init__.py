@@ -23,6 +23,9 @@ from gradtx.base import chain as chain
 from gradtx.base import describe as describe
 from gradtx.base import identity as identity
 from gradtx.base import set_to_zero as set_to_zero
+from gradtx.checkpoint import check_state as check_state
+from gradtx.checkpoint import restore_state as restore_state
+from gradtx.checkpoint import save_state as save_state
 from gradtx.clipping import clip as clip
 from gradtx.clipping import clip_by_global_norm as clip_by_global_norm
 from gradtx.clipping import global_norm as global_norm
@@ -65,6 +68,8 @@ from gradtx.schedules import sgdr_schedule as sgdr_schedule
 from gradtx.schedules import (
     warmup_cosine_decay_schedule as warmup_cosine_decay_schedule,
 )
+from gradtx.sharding import abstract_state as abstract_state
+from gradtx.sharding import state_shardings as state_shardings
 from gradtx.wrappers import AccumulateGradientsState as AccumulateGradientsState
 from gradtx.wrappers import ApplyIfFiniteState as ApplyIfFiniteState
 from gradtx.wrappers import MaskedState as MaskedState
@@ -95,6 +100,7 @@ __all__ = [
     "ScaleByMomentumState",
     "ScaleByRmsState",
     "ScaleByScheduleState",
+    "abstract_state",
     "accumulate_gradients",
     "adadelta",
     "adagrad",
@@ -108,6 +114,7 @@ __all__ = [
     "apply_if_finite",
     "apply_updates",
     "chain",
+    "check_state",
     "clip",
     "clip_by_global_norm",
     "constant_schedule",
@@ -130,7 +137,9 @@ __all__ = [
     "piecewise_constant_schedule",
     "polynomial_schedule",
     "reduce_on_plateau",
+    "restore_state",
     "rmsprop",
+    "save_state",
     "scale",
     "scale_by_adadelta",
     "scale_by_adagrad",
@@ -145,5 +154,6 @@ __all__ = [
     "sgd_l2",
     "sgdr_schedule",
     "sgdw",
+    "state_shardings",
     "warmup_cosine_decay_schedule",
 ]

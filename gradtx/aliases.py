@@ -188,6 +188,7 @@ def adam(
     eps_root: ArrayLike = 0.0,
     nesterov: bool = False,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     """Adam, with no weight decay.
 
@@ -204,6 +205,8 @@ def adam(
             a parameter whose gradients are all zero sits.
         nesterov: Use the Nesterov form of the first moment (NAdam).
         mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
+            Pass float32 for float16 params (see `scale_by_adam`).
 
     Returns:
         A `chain`; the equations are on `scale_by_adam`.
@@ -227,6 +230,7 @@ def adam(
             eps_root=eps_root,
             nesterov=nesterov,
             mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
         ),
         scale_by_learning_rate(learning_rate),
     )

@@ -351,10 +351,33 @@ def map_leaves(
 
 
 def init_like(params: Params, dtype: Any = None, fill: ArrayLike = 0.0) -> Any:
-    """A tree shaped like `params`, filled with `fill`, in `dtype` or the leaf's."""
-    return jax.tree.map(
-        lambda p: jnp.full(jnp.shape(p), fill, dtype or jnp.result_type(p)), params
-    )
+    """A tree shaped like `params`, filled with `fill`, in `dtype` or the leaf's.
+
+    Each leaf is placed like its parameter, so that optimizer state follows
+    the params' sharding. Called eagerly on arrays, `jax.lax.full_like`
+    copies the parameter's sharding. Under `jax.jit` a constant carries no
+    sharding of its own (XLA would build it on one device), so when there is
+    more than one device the fill is tied to its parameter::
+
+        leaf = fill + 0 * isfinite(p)
+
+    Sharding propagation then gives the leaf the parameter's layout; the
+    value is `fill` exactly, whatever `p` holds (NaN and Inf included), and
+    the tie costs one read of each parameter, in `init` only.
+    """
+    from jax.core import Tracer
+
+    tie = jax.device_count() > 1
+
+    def leaf(p: Any) -> jax.Array:
+        leaf_dtype = jnp.dtype(dtype or jnp.result_type(p))
+        filled = jax.lax.full_like(p, fill, leaf_dtype)
+        if tie and isinstance(p, Tracer):
+            if jnp.issubdtype(leaf_dtype, jnp.inexact):
+                filled = jnp.isfinite(p).astype(leaf_dtype) * 0 + filled
+        return filled
+
+    return jax.tree.map(leaf, params)
 
 
 # ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from gradtx.base import (
     compute_dtype,
     described,
 )
+from gradtx.sharding import _sum_over_leaves
 
 
 @described
@@ -64,24 +65,64 @@ def clip(max_delta: ArrayLike) -> GradientTransformation:
 def global_norm(tree: Updates) -> jax.Array:
     """The Euclidean norm of all the elements of a tree taken together.
 
-    Each leaf's sum of squares is taken in at least float32.
+    Each leaf's sum of squares is taken in at least float32::
+
+        s = sum over leaves of sum(|x|**2)
+        ||x|| = sqrt(s)
+
+    When s overflows (an element above about 1.8e19 in float32) or falls
+    below the smallest normal number, squaring loses the answer; only then,
+    chosen by `jax.lax.cond`, the norm is taken again from the elements
+    scaled by a power of two c (exact), as sqrt(sum |c*x|**2) / c. The norm
+    is right over the whole range of the dtype, inf only when it is itself
+    beyond the largest finite number, and NaN only when an element is NaN.
+    In the common case the tree is read once.
+
+    On a mesh with explicit sharding (arrays whose type carries a
+    `NamedSharding`), each device sums its own shards and one all-reduce of
+    a scalar adds them up; with auto sharding, XLA partitions the sum.
 
     Args:
         tree: A pytree of arrays.
 
     Returns:
-        A scalar: sqrt of the sum over leaves of sum(|x|**2).
+        A real scalar in the widest dtype of the leaves, at least float32.
 
     Examples:
         >>> import jax.numpy as jnp
         >>> import gradtx
         >>> gradtx.global_norm({"a": jnp.array([3.0]), "b": jnp.array([[4.0]])})
         Array(5., dtype=float32)
+        >>> gradtx.global_norm(jnp.array([3e30, 4e30]))  # squares overflow
+        Array(5.e+30, dtype=float32)
     """
     leaves = jax.tree.leaves(tree)
     dtype = compute_dtype(*leaves)
-    squares = [jnp.sum(abs_sq(x.astype(compute_dtype(x)))) for x in leaves]
-    return jnp.sqrt(sum(squares, jnp.zeros([], dtype)))
+    info = jnp.finfo(dtype)
+    real = info.dtype  # the norm of a complex tree is real
+    if not leaves:
+        return jnp.zeros([], real)
+
+    def plain(x: jax.Array) -> jax.Array:
+        return jnp.sum(abs_sq(x.astype(compute_dtype(x)))).astype(real)
+
+    total = _sum_over_leaves(plain, leaves)
+    # Powers of two that bring the squares back into range: down when the
+    # sum overflowed (every |c*x|**2 is then finite unless the norm is not),
+    # up when it underflowed (every |x| is then below 2**(minexp/2)).
+    down = 2.0 ** -(info.maxexp // 2 + 1)
+    up = 2.0 ** (-info.minexp // 2 + info.nmant)
+
+    def rescaled(total: jax.Array) -> jax.Array:
+        c = jnp.where(total == jnp.inf, down, up).astype(real)
+
+        def scaled(x: jax.Array) -> jax.Array:
+            return jnp.sum(abs_sq(x.astype(dtype) * c))
+
+        return jnp.sqrt(_sum_over_leaves(scaled, leaves)) / c
+
+    out_of_range = (total == jnp.inf) | (total < info.tiny)
+    return jax.lax.cond(out_of_range, rescaled, jnp.sqrt, total)
 
 
 @described

@@ -100,8 +100,8 @@ def _split_hyperparams(
                 static[name] = value
             else:
                 numeric[name] = value
-        elif callable(value) and declared:
-            schedules[name] = value
+        elif callable(value) and declared and not isinstance(value, type):
+            schedules[name] = value  # a type (jnp.bfloat16) is a dtype, not one
         else:
             static[name] = value  # bools, strings, None, dtypes, masks
     return static, numeric, schedules
@@ -388,13 +388,13 @@ def reduce_on_plateau(
 
     def init(params: Params) -> ReduceOnPlateauState:
         del params
-        zero = jnp.zeros([], jnp.int32)
+        # One array per field: a shared one could not be donated.
         return ReduceOnPlateauState(
             scale=jnp.ones([], jnp.float32),
             best_value=jnp.full([], jnp.inf, jnp.float32),
-            plateau_count=zero,
-            cooldown_count=zero,
-            count=zero,
+            plateau_count=jnp.zeros([], jnp.int32),
+            cooldown_count=jnp.zeros([], jnp.int32),
+            count=jnp.zeros([], jnp.int32),
             avg_value=jnp.zeros([], jnp.float32),
         )
 

@@ -612,7 +612,7 @@ class ScaleByAdamState(NamedTuple):
 
     count: jax.Array  # int32 scalar: updates applied so far
     mu: Updates  # first moment, in mu_dtype or the params' dtype
-    nu: Updates  # second moment, in the params' dtype
+    nu: Updates  # second moment, in nu_dtype or the params' dtype
 
 
 @described
@@ -623,6 +623,7 @@ def scale_by_adam(
     eps_root: ArrayLike = 0.0,
     nesterov: bool = False,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     """Adam: bias-corrected first moment over the root of the second.
 
@@ -648,6 +649,12 @@ def scale_by_adam(
         nesterov: Use the Nesterov form of the first moment.
         mu_dtype: Dtype of the first moment (for example bfloat16 to save
             memory); None keeps each param's dtype.
+        nu_dtype: Dtype of the second moment; None keeps each param's dtype.
+            For float16 params pass float32: float16 cannot hold g**2 for
+            |g| above 256 (it overflows and the parameter stops moving) or
+            (1 - b2) * g**2 for |g| below about 8e-3 (it underflows to 0 and
+            the next small gradient gives an infinite step). bfloat16 has
+            float32's range and needs nothing.
 
     Returns:
         A `GradientTransformation` whose state is a `ScaleByAdamState`.
@@ -674,12 +681,13 @@ def scale_by_adam(
     check_in_range(fn, "eps", eps, 0.0)
     check_in_range(fn, "eps_root", eps_root, 0.0)
     mu_dtype = _check_dtype(fn, "mu_dtype", mu_dtype)
+    nu_dtype = _check_dtype(fn, "nu_dtype", nu_dtype)
 
     def init(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
             mu=init_like(params, mu_dtype),
-            nu=init_like(params),
+            nu=init_like(params, nu_dtype),
         )
 
     def leaf(g, m, v, correction1, correction2, correction1_next):

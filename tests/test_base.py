@@ -150,7 +150,8 @@ def test_print_reads_as_the_chain_it_is():
     flat = " ".join(line.strip() for line in text.splitlines())
     assert flat.replace("( ", "(").replace(", )", ")") == (
         "chain(scale_by_adam(b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, "
-        "nesterov=False, mu_dtype=None), add_decayed_weights(weight_decay=0.0001, "
+        "nesterov=False, mu_dtype=None, nu_dtype=None), "
+        "add_decayed_weights(weight_decay=0.0001, "
         "mask=None), scale_by_learning_rate(learning_rate=0.001))"
     )
 

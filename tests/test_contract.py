@@ -115,6 +115,11 @@ NOT_FACTORIES = {
     "inject_hyperparams",  # wraps factories: checked on every entry below
     "latest_learning_rate",
     "set_hyperparams",
+    "abstract_state",  # sharding and checkpoints: test_sharding, test_checkpoint
+    "state_shardings",
+    "save_state",
+    "restore_state",
+    "check_state",
     "masks",  # a module of mask helpers, tested in test_masks.py
 }
 SCHEDULES = {

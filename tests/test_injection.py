@@ -448,3 +448,10 @@ def test_set_hyperparams_keeps_a_batch_of_values_batched():
     np.testing.assert_allclose(state.hyperparams["learning_rate"], [0.1, 0.2, 0.3])
     state = gradtx.set_hyperparams(state, learning_rate=0.5)
     assert state.hyperparams["learning_rate"].shape == (3,)
+
+
+def test_a_dtype_forwarded_through_kwargs_is_not_a_schedule():
+    opt = inject(gradtx.adamw)(learning_rate=0.1, mu_dtype=jnp.bfloat16)
+    state = opt.init({"w": jnp.zeros(2)})
+    assert sorted(state.hyperparams) == ["learning_rate"]
+    assert state.inner_state[0].mu["w"].dtype == jnp.bfloat16

@@ -96,12 +96,23 @@ def global_norm(tree: Updates) -> jax.Array:
         >>> gradtx.global_norm(jnp.array([3e30, 4e30]))  # squares overflow
         Array(5.e+30, dtype=float32)
     """
+    root, scale = _scaled_norm(tree)
+    return root / scale
+
+
+def _scaled_norm(tree: Updates) -> tuple[jax.Array, jax.Array]:
+    """The global norm as `root / scale`, `scale` a power of two (1 usually).
+
+    `root` is the norm of the tree multiplied by `scale`, which is always a
+    finite number when the elements are, even where the norm itself is not.
+    """
     leaves = jax.tree.leaves(tree)
     dtype = compute_dtype(*leaves)
     info = jnp.finfo(dtype)
     real = info.dtype  # the norm of a complex tree is real
+    one = jnp.ones([], real)
     if not leaves:
-        return jnp.zeros([], real)
+        return jnp.zeros([], real), one
 
     def plain(x: jax.Array) -> jax.Array:
         return jnp.sum(abs_sq(x.astype(compute_dtype(x)))).astype(real)
@@ -113,16 +124,19 @@ def global_norm(tree: Updates) -> jax.Array:
     down = 2.0 ** -(info.maxexp // 2 + 1)
     up = 2.0 ** (-info.minexp // 2 + info.nmant)
 
-    def rescaled(total: jax.Array) -> jax.Array:
+    def rescaled(total: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = jnp.where(total == jnp.inf, down, up).astype(real)
 
         def scaled(x: jax.Array) -> jax.Array:
             return jnp.sum(abs_sq(x.astype(dtype) * c))
 
-        return jnp.sqrt(_sum_over_leaves(scaled, leaves)) / c
+        return jnp.sqrt(_sum_over_leaves(scaled, leaves)), c
+
+    def in_range(total: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jnp.sqrt(total), one
 
     out_of_range = (total == jnp.inf) | (total < info.tiny)
-    return jax.lax.cond(out_of_range, rescaled, jnp.sqrt, total)
+    return jax.lax.cond(out_of_range, rescaled, in_range, total)
 
 
 @described
@@ -166,15 +180,22 @@ def clip_by_global_norm(max_norm: ArrayLike) -> GradientTransformation:
         updates: Updates, state: EmptyState, params: Params | None = None, **extra
     ) -> tuple[Updates, EmptyState]:
         del params
-        norm = global_norm(updates)
-        # min(1, c / norm), written so that no branch divides by zero: a zero
-        # norm would give 0/0 (for c = 0) and a NaN gradient through the ratio.
-        over = norm > max_norm
-        factor = jnp.where(over, max_norm / jnp.where(over, norm, 1.0), 1.0)
+        # norm = root / scale, so g * max_norm / norm = (g * scale) *
+        # (max_norm / root): every factor stays a normal number even when the
+        # norm overflows (scale < 1) and the ratio itself would be subnormal
+        # (flushed to zero on CPU). scale is a power of two, so g * scale is
+        # exact, and it is 1 in the common case. No branch divides by zero:
+        # a zero norm would give 0/0 (for a zero bound) and a NaN gradient.
+        root, scale = _scaled_norm(updates)
+        over = root > max_norm * scale
+        ratio = jnp.where(over, max_norm / jnp.where(over, root, 1.0), 1.0)
+        rescale = jnp.where(over, scale, 1.0)
 
         def leaf(g):
             g_c = g.astype(compute_dtype(g))
-            return (g_c * factor.astype(g_c.dtype)).astype(g.dtype)
+            return (g_c * rescale.astype(g_c.dtype) * ratio.astype(g_c.dtype)).astype(
+                g.dtype
+            )
 
         return jax.tree.map(leaf, updates), state
 

@@ -216,7 +216,7 @@ def _sum_over_leaves(leaf_sum: Any, leaves: list[Any]) -> jax.Array:
         tuple(a for a in mesh.axis_names if any(a in u for u in split)) if split else ()
     )
     if not axes:
-        return functools.reduce(operator.add, [leaf_sum(x) for x in leaves])
+        return _grouped_sum(leaf_sum, leaves)
 
     def local(*shards: jax.Array) -> jax.Array:
         totals = []
@@ -234,6 +234,35 @@ def _sum_over_leaves(leaf_sum: Any, leaves: list[Any]) -> jax.Array:
         local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec()
     )
     return sum_once(*leaves)
+
+
+# Leaves with at most this many elements are summed together (on one device).
+_SMALL_LEAF = 1 << 14
+
+
+def _grouped_sum(leaf_sum: Any, leaves: list[Any]) -> jax.Array:
+    """`sum(leaf_sum(x) for x in leaves)`, small leaves concatenated first.
+
+    Thousands of small reductions feeding one scalar that every leaf's update
+    then reads take XLA superlinear time to compile (20 s for 2000 leaves of
+    1024 elements, 60 s for 3000). On a single device the small leaves of
+    each dtype are raveled and concatenated into one array, a copy of a few
+    hundred kilobytes at most per thousand leaves, and summed in one
+    reduction; large leaves are summed one by one, read once. With several
+    devices the leaves are left apart, so that no concatenation gathers
+    shards.
+    """
+    if jax.device_count() > 1:
+        return functools.reduce(operator.add, [leaf_sum(x) for x in leaves])
+    parts, small = [], {}
+    for x in leaves:
+        if x.size <= _SMALL_LEAF:
+            small.setdefault(jnp.result_type(x), []).append(jnp.ravel(x))
+        else:
+            parts.append(leaf_sum(x))
+    for group in small.values():
+        parts.append(leaf_sum(group[0] if len(group) == 1 else jnp.concatenate(group)))
+    return functools.reduce(operator.add, parts)
 
 
 def _axes(spec: PartitionSpec) -> list[str]:

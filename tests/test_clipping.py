@@ -76,3 +76,14 @@ def test_negative_bounds_raise_at_construction():
         gradtx.clip_by_global_norm(-1.0)
     with pytest.raises(ValueError, match=r"clip: max_delta must be in \[0, inf\)"):
         gradtx.clip(-0.1)
+
+
+def test_clipping_a_tree_whose_norm_overflows_float32():
+    # The norm itself (4.2e38) is beyond float32; the clip must still give a
+    # step of norm max_norm in the gradient's direction, not zero.
+    grads = {"a": jnp.array([3e38, -3e38]), "b": jnp.array([1.0])}
+    tx = gradtx.clip_by_global_norm(2.0)
+    u, _ = jax.jit(tx.update)(grads, tx.init(None))
+    np.testing.assert_allclose(u["a"], [np.sqrt(2.0), -np.sqrt(2.0)], rtol=1e-6)
+    assert float(u["b"][0]) < 1e-37
+    assert float(gradtx.global_norm(grads)) == np.inf

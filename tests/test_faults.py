@@ -102,10 +102,14 @@ def test_global_norm_is_exact_in_float64():
 
 
 def test_global_norm_reads_the_tree_once_unless_it_overflows():
+    # small leaves are concatenated and summed in one reduction, large ones
+    # (over 2**14 elements) one reduction each
     tree = {"a": jnp.ones(3), "b": jnp.ones((2, 2)), "c": jnp.ones(())}
+    tree["big"] = [jnp.ones((200, 100)), jnp.ones(20_000)]
     jaxpr = jax.make_jaxpr(gradtx.global_norm)(tree).jaxpr
     names = [e.primitive.name for e in jaxpr.eqns]
-    assert names.count("reduce_sum") == 3  # one reduction per leaf
+    assert names.count("reduce_sum") == 3
+    assert names.count("concatenate") == 1
     assert names.count("cond") == 1  # the rescaled pass sits in a branch
 
 

@@ -147,6 +147,30 @@ def require_params(fn: str, params: Any) -> None:
         )
 
 
+def broadcast_prefix(
+    fn: str, name: str, prefix: Any, tree: Any
+) -> list[tuple[str, Any]]:
+    """One `(path, value)` per leaf of `tree`: the leaf of `prefix` covering it.
+
+    `prefix` has the structure of `tree` or of a prefix of it (a value at an
+    inner node covers that whole subtree). Used for masks and group labels.
+
+    Raises:
+        ValueError: If `prefix` is not a prefix of `tree`, naming the first
+            differing path.
+    """
+    flat, prefix_def = jax.tree_util.tree_flatten_with_path(prefix)
+    try:
+        subtrees = prefix_def.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        check_same_tree(fn, name, prefix, "params", tree)
+        raise  # check_same_tree raises first; kept for type checkers
+    pairs: list[tuple[str, Any]] = []
+    for (path, value), subtree in zip(flat, subtrees, strict=True):
+        pairs.extend([(path_str(path), value)] * len(jax.tree.leaves(subtree)))
+    return pairs
+
+
 def mask_flags(fn: str, mask: Any, params: Any) -> list[bool]:
     """Resolve a mask into one bool per leaf of `params`, in flattening order.
 
@@ -162,19 +186,13 @@ def mask_flags(fn: str, mask: Any, params: Any) -> list[bool]:
     """
     if callable(mask):
         mask = mask(params)
-    flat_mask, mask_def = jax.tree_util.tree_flatten_with_path(mask)
-    try:
-        subtrees = mask_def.flatten_up_to(params)
-    except (ValueError, TypeError):
-        check_same_tree(fn, "mask", mask, "params", params)
-        raise  # check_same_tree raises first; kept for type checkers
     flags: list[bool] = []
-    for (path, flag), subtree in zip(flat_mask, subtrees, strict=True):
+    for path, flag in broadcast_prefix(fn, "mask", mask, params):
         if not isinstance(flag, bool | np.bool_):
             raise TypeError(
                 f"{fn}: mask leaves must be Python bools, got "
-                f"{type(flag).__name__} at '{path_str(path)}'; build the mask from "
+                f"{type(flag).__name__} at '{path}'; build the mask from "
                 "the tree's structure or shapes, not from array values"
             )
-        flags.extend([bool(flag)] * len(jax.tree.leaves(subtree)))
+        flags.append(bool(flag))
     return flags

@@ -20,7 +20,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx._checks import check_in_range, check_same_tree, mask_flags, path_str
+from gradtx._checks import (
+    broadcast_prefix,
+    check_in_range,
+    check_same_tree,
+    mask_flags,
+)
 from gradtx.base import (
     EmptyState,
     GradientTransformation,
@@ -90,27 +95,21 @@ def _resolve_labels(
     """One label per leaf of `params`, each checked against `transforms`."""
     if callable(labels):
         labels = labels(params)
-    flat_labels, labels_def = jax.tree_util.tree_flatten_with_path(labels)
-    try:
-        subtrees = labels_def.flatten_up_to(params)
-    except (ValueError, TypeError):
-        check_same_tree(fn, "labels", labels, "params", params)
-        raise  # check_same_tree raises first; kept for type checkers
     per_leaf: list[str] = []
-    for (path, label), subtree in zip(flat_labels, subtrees, strict=True):
+    for path, label in broadcast_prefix(fn, "labels", labels, params):
         if not isinstance(label, str):
             raise TypeError(
                 f"{fn}: labels must be strings, got {type(label).__name__} "
-                f"{label!r} at '{path_str(path)}'"
+                f"{label!r} at '{path}'"
             )
         if label not in transforms:
             known = ", ".join(repr(k) for k in transforms) or "none"
             raise ValueError(
-                f"{fn}: label {label!r} at '{path_str(path)}' has no "
+                f"{fn}: label {label!r} at '{path}' has no "
                 f"transformation; transforms has labels {known}. Add a transformation "
                 f"for {label!r} or relabel the leaf."
             )
-        per_leaf.extend([label] * len(jax.tree.leaves(subtree)))
+        per_leaf.append(label)
     return per_leaf
 
 

@@ -166,6 +166,15 @@ def _is_transformation(x: Any) -> bool:
     )
 
 
+def _is_group(value: Any) -> bool:
+    """A non-empty dict of transformations, such as multi_transform's groups."""
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(_is_transformation(v) for v in value.values())
+    )
+
+
 def _foreign_name(tx: Any) -> str:
     """Name a transformation gradtx did not build, from its update function."""
     update = tx.update
@@ -193,11 +202,7 @@ def _format_value(value: Any) -> str:
         return f"<array {value.dtype}{list(value.shape)}>"
     if inspect.isfunction(value) or inspect.ismethod(value):
         return f"<function {value.__qualname__}>"
-    if (
-        isinstance(value, Mapping)
-        and value
-        and all(_is_transformation(v) for v in value.values())
-    ):  # a dict of transformations, such as multi_transform's groups
+    if _is_group(value):
         return "{" + ", ".join(f"{k!r}: {_one_line(v)}" for k, v in value.items()) + "}"
     if isinstance(value, dict | list | tuple):
         text = repr(value)
@@ -227,16 +232,8 @@ def _indented(tx: Any, indent: int, width: int, lead: int = 0) -> str:
     """`tx` as text whose first line starts `lead` columns after `indent`."""
     line = _one_line(tx)
     name, children, hyperparams = _parts(tx)
-
-    def is_group(value: Any) -> bool:  # a dict of transformations
-        return (
-            isinstance(value, Mapping)
-            and bool(value)
-            and all(_is_transformation(v) for v in value.values())
-        )
-
     nested = children or any(
-        _is_transformation(v) or is_group(v) for _, v in hyperparams
+        _is_transformation(v) or _is_group(v) for _, v in hyperparams
     )
     if indent + lead + len(line) <= width or not nested:
         return line  # a single link stays on one line, however long
@@ -246,7 +243,7 @@ def _indented(tx: Any, indent: int, width: int, lead: int = 0) -> str:
         text = _format_value(value)
         if _is_transformation(value):
             text = _indented(value, indent + 4, width, lead=len(key) + 1)
-        elif is_group(value) and indent + 4 + len(key) + 1 + len(text) > width:
+        elif _is_group(value) and indent + 4 + len(key) + 1 + len(text) > width:
             entries = [
                 f"{pad}    {k!r}: "
                 + _indented(v, indent + 8, width, lead=len(repr(k)) + 2)

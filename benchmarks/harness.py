@@ -694,14 +694,18 @@ def _agreement(
 def measure_bandwidth(
     size: int, repeats: int, log: Callable[[str], None] = log_nothing
 ) -> dict[str, Any]:
-    """GB/s of in-place read-modify-write kernels over `size` float32 scalars.
+    """GB/s of streaming kernels over `size` float32 scalars.
 
-    Each kernel reads and writes every element once (8 bytes per element):
-    a jitted, donated `x * a + b` on the JAX device; NumPy's
-    `np.multiply(x, a, out=x)` on the host (one thread); and torch's
-    `x.mul_(a)` on the torch device when there is one. They run in
-    interleaved rounds; the median of each is reported. The limit is the
-    fastest kernel on the device JAX runs on.
+    Every kernel reads and writes each element once (8 bytes per element):
+    a jitted, donated, in-place `x * a + b` on the JAX device; NumPy's
+    `np.multiply(x, a, out=x)` on the host (one thread); and, on the torch
+    device when there is one, torch's in-place `x.mul_(a)` and its copy
+    `y.copy_(x)` (what a device-to-device copy moves). A sample is a batch of
+    calls issued back to back and waited for once, long enough (about 20 ms)
+    that the wait and the Python dispatch do not count: on a GPU one call
+    over a few GB lasts under a millisecond. The kernels run in interleaved
+    rounds; the median of each is reported. The limit is the fastest kernel
+    on the device JAX runs on.
 
     Args:
         size: Number of float32 elements in the buffer.
@@ -710,26 +714,31 @@ def measure_bandwidth(
 
     Returns:
         A dict: `size`, `bytes_per_call`, `kernels` (name -> {gbs, median_s,
-        where}), `limit_gbs` and `limit_kernel`.
+        calls_per_sample, where}), `limit_gbs` and `limit_kernel`.
     """
     nbytes = 8 * size
-    kernels: dict[str, tuple[Callable[[], None], str]] = {}
+    # Each kernel runs `calls` back to back and waits once.
+    kernels: dict[str, tuple[Callable[[int], None], str]] = {}
 
     state = {"x": jnp.ones((size,), jnp.float32)}
     rmw = jax.jit(
         lambda x: x * jnp.float32(0.999) + jnp.float32(0.001), donate_argnums=0
     )
 
-    def run_jax():
-        state["x"] = rmw(state["x"]).block_until_ready()
+    def run_jax(calls: int) -> None:
+        x = state["x"]
+        for _ in range(calls):
+            x = rmw(x)
+        state["x"] = x.block_until_ready()
 
     kernels["jax x*a+b (donated)"] = (run_jax, "device")
 
     host = np.ones((size,), np.float32)
     factor = np.float32(0.9999)
 
-    def run_numpy():
-        np.multiply(host, factor, out=host)
+    def run_numpy(calls: int) -> None:
+        for _ in range(calls):
+            np.multiply(host, factor, out=host)
 
     on_cpu = jax_device().platform == "cpu"
     kernels["numpy multiply(out=x)"] = (run_numpy, "device" if on_cpu else "host")
@@ -739,28 +748,45 @@ def measure_bandwidth(
         import torch
 
         tensor = torch.ones(size, dtype=torch.float32, device=dev)
+        target = torch.empty_like(tensor)
 
-        def run_torch():
-            tensor.mul_(0.9999)
+        def wait() -> None:
             if dev == "cuda":
                 torch.cuda.synchronize()
 
-        kernels[f"torch mul_ ({dev})"] = (run_torch, "device")
+        def run_torch(calls: int) -> None:
+            for _ in range(calls):
+                tensor.mul_(0.9999)
+            wait()
 
+        def run_copy(calls: int) -> None:
+            for _ in range(calls):
+                target.copy_(tensor)
+            wait()
+
+        kernels[f"torch mul_ ({dev})"] = (run_torch, "device")
+        kernels[f"torch copy_ ({dev})"] = (run_copy, "device")
+
+    calls: dict[str, int] = {}
+    for name, (fn, _) in kernels.items():
+        fn(1)  # compile, fault the pages in
+        t0 = time.perf_counter()
+        fn(1)
+        once = time.perf_counter() - t0
+        calls[name] = max(1, min(1000, round(0.02 / max(once, 1e-9))))
     times: dict[str, list[float]] = {k: [] for k in kernels}
-    for fn, _ in kernels.values():
-        fn()  # compile, fault the pages in
     for _ in range(repeats):
         for name, (fn, _) in kernels.items():
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            fn(calls[name])
+            times[name].append((time.perf_counter() - t0) / calls[name])
     out: dict[str, Any] = {"size": size, "bytes_per_call": nbytes, "kernels": {}}
     for name, (_, where) in kernels.items():
         median = statistics.median(times[name])
         out["kernels"][name] = {
             "median_s": median,
             "gbs": nbytes / median / 1e9,
+            "calls_per_sample": calls[name],
             "where": where,
         }
         log(f"  {name:26s} {nbytes / median / 1e9:7.2f} GB/s ({where})")

@@ -177,6 +177,7 @@ def test_measure_bandwidth_reports_a_limit():
     assert "jax x*a+b (donated)" in result["kernels"]
     assert result["limit_gbs"] > 0
     assert result["limit_kernel"] in result["kernels"]
+    assert all(k["calls_per_sample"] >= 1 for k in result["kernels"].values())
 
 
 def test_command_line_writes_results_page_and_plots(tmp_path, capsys, monkeypatch):
@@ -239,3 +240,39 @@ def test_fit_exponent_recovers_a_power_law():
     fit = report.fit_exponent(ns, [3e-3 * n**1.5 for n in ns])
     assert fit["exponent"] == pytest.approx(1.5)
     assert (fit["n_from"], fit["n_to"]) == (100, 10000)
+
+
+def test_gpu_targets_are_read_against_the_runs_own_limit():
+    def case(tree, gradtx_s, optax_s, ratio, run_id):
+        return {
+            "key": f"{tree}/adamw",
+            "tree": tree,
+            "optimizer": "adamw",
+            "run": run_id,
+            "n_leaves": 1,
+            "largest_leaf_bytes": 4,
+            "contenders": {
+                "gradtx": {"status": "ok", "median_s": gradtx_s, "achieved_gbs": 90.0},
+                "optax": {"status": "ok", "median_s": optax_s, "achieved_gbs": 80.0},
+            },
+            "ratios": {"gradtx/optax": {"paired_median": ratio}},
+        }
+
+    def a_run(platform):
+        bandwidth = {"limit_gbs": 100.0, "limit_kernel": "k", "kernels": {}}
+        return {"machine": {"jax_platform": platform}, "bandwidth": {"end": bandwidth}}
+
+    records = [
+        case("gpt2-small", 1.0, 1.1, 0.9, "g"),
+        case("one-1b", 1.0, 1.0, 1.01, "g"),
+    ]
+    rows = {row[0]: row[1:] for row in report.target_rows(records, {"g": a_run("gpu")})}
+    assert rows["GPU AdamW gpt2-small: gradtx at >= 85% of the bandwidth limit"] == [
+        "90%",
+        "yes",
+    ]
+    assert rows["GPU AdamW gpt2-small: gradtx / optax <= 1.00"] == ["0.90x", "yes"]
+    assert rows["GPU AdamW one-1b: gradtx / optax <= 1.00"] == ["1.01x", "no"]
+    # The same numbers from a CPU run carry no GPU target.
+    rows = report.target_rows(records, {"g": a_run("cpu")})
+    assert not any(row[0].startswith("GPU") for row in rows)

@@ -89,8 +89,24 @@ def _paired(record: dict[str, Any], other: str) -> float | None:
     return None if ratio is None else ratio["paired_median"]
 
 
+def single_call_gpu_limit(run: dict[str, Any]) -> bool:
+    """Whether a GPU run timed its bandwidth kernels one call per sample.
+
+    The harness did so before it batched calls; on a GPU that counts the wait
+    and the dispatch and under-reads the limit, so such a limit is not used.
+    """
+    measured = [m for m in run.get("bandwidth", {}).values() if m]
+    batched = any(
+        "calls_per_sample" in k for m in measured for k in m["kernels"].values()
+    )
+    platform = run.get("machine", {}).get("jax_platform", "cpu")
+    return bool(measured) and not batched and platform != "cpu"
+
+
 def limit_gbs(run: dict[str, Any]) -> float | None:
     """The run's bandwidth limit: the best of its start and end measurements."""
+    if single_call_gpu_limit(run):
+        return None
     values = [m["limit_gbs"] for m in run.get("bandwidth", {}).values() if m]
     return max(values) if values else None
 
@@ -357,21 +373,14 @@ def bandwidth_kernel_table(run: dict[str, Any]) -> list[str]:
             f"Buffer: {size:,} float32 ({8 * size / 2**20:.0f} MB moved per call). "
             f"**Limit: {limit:.1f} GB/s** ({best}), the fastest device kernel.",
         ]
-        single = not any(
-            "calls_per_sample" in k
-            for m in measured.values()
-            if m
-            for k in m["kernels"].values()
-        )
-        if single and run["machine"].get("jax_platform") != "cpu":
-            lines += [
-                "",
-                "This run timed one call per sample (the harness before it "
-                "batched calls): on a GPU, where one call lasts under a "
-                "millisecond, the wait and the dispatch count too, so this limit "
-                "reads low and the 'of limit' figures of this run's cases read "
-                "high.",
-            ]
+    if single_call_gpu_limit(run):
+        lines += [
+            "",
+            "This run timed one call per sample (the harness before it batched "
+            "calls): on a GPU, where one call lasts under a millisecond, that "
+            "counts the wait and the dispatch and reads the limit low, so it is "
+            "not used: this run's cases show no 'of limit' figure.",
+        ]
     return lines
 
 

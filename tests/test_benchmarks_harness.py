@@ -258,8 +258,11 @@ def test_gpu_targets_are_read_against_the_runs_own_limit():
             "ratios": {"gradtx/optax": {"paired_median": ratio}},
         }
 
-    def a_run(platform):
-        bandwidth = {"limit_gbs": 100.0, "limit_kernel": "k", "kernels": {}}
+    def a_run(platform, calls_per_sample=5):
+        kernel = {"gbs": 100.0, "where": "device"}
+        if calls_per_sample:
+            kernel["calls_per_sample"] = calls_per_sample
+        bandwidth = {"limit_gbs": 100.0, "limit_kernel": "k", "kernels": {"k": kernel}}
         return {"machine": {"jax_platform": platform}, "bandwidth": {"end": bandwidth}}
 
     records = [
@@ -276,3 +279,10 @@ def test_gpu_targets_are_read_against_the_runs_own_limit():
     # The same numbers from a CPU run carry no GPU target.
     rows = report.target_rows(records, {"g": a_run("cpu")})
     assert not any(row[0].startswith("GPU") for row in rows)
+    # A GPU limit timed one call per sample reads low: it is not used.
+    old_gpu = a_run("gpu", calls_per_sample=None)
+    assert report.limit_gbs(old_gpu) is None
+    assert report.limit_gbs(a_run("cpu", calls_per_sample=None)) == 100.0
+    rows = {row[0] for row in report.target_rows(records, {"g": old_gpu})}
+    assert "GPU AdamW gpt2-small: gradtx / optax <= 1.00" in rows
+    assert not any("of the bandwidth limit" in row for row in rows)

@@ -32,6 +32,7 @@ import numpy as np
 from benchmarks.optimizers import (
     JAX_LIBRARIES,
     OPTIMIZERS,
+    OURS,
     TORCH_IMPLS,
     make_torch,
 )
@@ -366,11 +367,14 @@ def jax_contender(
     library: str, optimizer: str, params_np: dict, grads: Any
 ) -> JaxContender:
     """The contender of a JAX library from `JAX_LIBRARIES`."""
-    tx, apply_updates = JAX_LIBRARIES[library](optimizer)
+    tx, apply_updates, *own_step = JAX_LIBRARIES[library](optimizer)
 
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return apply_updates(params, updates), state
+
+    if own_step:
+        step = own_step[0]
 
     params = _private_copy(params_np)
     state = _private_copy(tx.init(params))
@@ -621,25 +625,25 @@ def run_case(
 
 
 def _ratios(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    """gradtx over each other contender: median of paired per-round ratios.
+    """Each of `OURS` over each other contender: median of paired ratios.
 
     Round r of gradtx is divided by round r of the other (they ran seconds
     apart), and the median of those ratios is reported, with the ratio of
     the two medians beside it.
     """
     ratios = {}
-    first = next(iter(JAX_LIBRARIES))
-    if first not in samples:
-        return ratios
-    mine = samples[first]
-    for name, theirs in samples.items():
-        if name in (first, IDENTITY):
+    for first in OURS:
+        if first not in samples:
             continue
-        paired = [a / b for a, b in zip(mine, theirs, strict=True)]
-        ratios[f"{first}/{name}"] = {
-            "paired_median": statistics.median(paired),
-            "of_medians": statistics.median(mine) / statistics.median(theirs),
-        }
+        mine = samples[first]
+        for name, theirs in samples.items():
+            if name in (first, IDENTITY):
+                continue
+            paired = [a / b for a, b in zip(mine, theirs, strict=True)]
+            ratios[f"{first}/{name}"] = {
+                "paired_median": statistics.median(paired),
+                "of_medians": statistics.median(mine) / statistics.median(theirs),
+            }
     return ratios
 
 

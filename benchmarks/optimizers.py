@@ -101,11 +101,25 @@ def _optax(name: str) -> tuple[Any, Callable[..., Any]]:
     return tx, optax.apply_updates
 
 
-# name -> (optimizer name -> (tx, apply_updates)); the order is the column order.
-JAX_LIBRARIES: dict[str, Callable[[str], tuple[Any, Callable[..., Any]]]] = {
+def _gradtx_fused(name: str) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
+    """gradtx's chain run by `gradtx.fused_step` (one pass on CPU)."""
+    import gradtx
+
+    tx, apply_updates = _gradtx(name)
+    return tx, apply_updates, gradtx.fused_step(tx)
+
+
+# name -> (optimizer name -> (tx, apply_updates[, step])); the order is the
+# column order. A library that returns a third item, `step(params, state,
+# grads) -> (params, state)`, is timed with it instead of `tx.update` followed
+# by `apply_updates`.
+JAX_LIBRARIES: dict[str, Callable[[str], tuple[Any, ...]]] = {
     "gradtx": _gradtx,
+    "gradtx-fused": _gradtx_fused,
     "optax": _optax,
 }
+# The contenders whose ratios to every other contender are reported.
+OURS = ("gradtx", "gradtx-fused")
 
 # torch.optim implementations timed, each a constructor keyword set to True.
 TORCH_IMPLS = ("foreach", "fused")

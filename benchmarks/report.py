@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import DEFAULT_CONTENDERS, IDENTITY
-from benchmarks.optimizers import OPTIMIZERS
+from benchmarks.optimizers import OPTIMIZERS, OURS
 from benchmarks.trees import DEFAULT_TREES
 
 DASH = "–"
@@ -84,8 +84,8 @@ def _cell(record: dict[str, Any], name: str) -> str:
     return _ms(entry["median_s"])
 
 
-def _paired(record: dict[str, Any], other: str) -> float | None:
-    ratio = record.get("ratios", {}).get(f"gradtx/{other}")
+def _paired(record: dict[str, Any], other: str, mine: str = "gradtx") -> float | None:
+    ratio = record.get("ratios", {}).get(f"{mine}/{other}")
     return None if ratio is None else ratio["paired_median"]
 
 
@@ -154,15 +154,25 @@ def step_table(records: list[dict[str, Any]]) -> list[str]:
     contenders: a few percent on a quiet machine.
     """
     names = _contenders(records)
-    others = [n for n in names if n not in ("gradtx", IDENTITY)]
+    # (mine, other) pairs: each of ours over every peer, and the fused step
+    # over the plain one.
+    pairs = [
+        (mine, n)
+        for mine in OURS
+        if mine in names
+        for n in names
+        if n not in (*OURS, IDENTITY)
+    ]
+    if all(n in names for n in OURS):
+        pairs.append((OURS[1], OURS[0]))
     header = ["tree", "optimizer", "leaves", "params"]
     header += [f"{n} (ms)" for n in names]
-    header += [f"gradtx / {n}" for n in others] + ["spread", "max abs Δp"]
+    header += [f"{mine} / {n}" for mine, n in pairs] + ["spread", "max abs Δp"]
     rows = []
     for r in records:
         row = [r["tree"], r["optimizer"], str(r["n_leaves"]), _params(r["n_params"])]
         row += [_cell(r, n) for n in names]
-        row += [_ratio(_paired(r, n)) for n in others]
+        row += [_ratio(_paired(r, n, mine)) for mine, n in pairs]
         spreads = [
             (e["p75_s"] - e["p25_s"]) / e["median_s"]
             for e in (_ok(r, n) for n in names)
@@ -411,103 +421,104 @@ def target_rows(
         met = value >= bound if at_least else value <= bound
         rows.append([target, text.format(value), "yes" if met else "no"])
 
-    for tree in ("gpt2-small", "one-1b"):
-        r = cases.get(f"{tree}/adamw")
-        run = (runs or {}).get(r["run"]) if r else None
-        if not run or run["machine"].get("jax_platform") == "cpu":
-            continue
-        limit, entry = limit_gbs(run), _ok(r, "gradtx")
-        if limit and entry:
+    for lib in OURS:
+        for tree in ("gpt2-small", "one-1b"):
+            r = cases.get(f"{tree}/adamw")
+            run = (runs or {}).get(r["run"]) if r else None
+            if not run or run["machine"].get("jax_platform") == "cpu":
+                continue
+            limit, entry = limit_gbs(run), _ok(r, lib)
+            if limit and entry:
+                add(
+                    f"GPU AdamW {tree}: {lib} at >= 85% of the bandwidth limit",
+                    entry["achieved_gbs"] / limit * 100,
+                    85.0,
+                    "{:.0f}%",
+                    at_least=True,
+                )
             add(
-                f"GPU AdamW {tree}: gradtx at >= 85% of the bandwidth limit",
-                entry["achieved_gbs"] / limit * 100,
-                85.0,
-                "{:.0f}%",
-                at_least=True,
+                f"GPU AdamW {tree}: {lib} / optax <= 1.00",
+                _paired(r, "optax", lib),
+                1.0,
+                "{:.2f}x",
             )
-        add(
-            f"GPU AdamW {tree}: gradtx / optax <= 1.00",
-            _paired(r, "optax"),
-            1.0,
-            "{:.2f}x",
-        )
 
-    for tree in ("resnet50", "gpt2-small", "one-big"):
-        r = cases.get(f"{tree}/adamw")
+        for tree in ("resnet50", "gpt2-small", "one-big"):
+            r = cases.get(f"{tree}/adamw")
+            if r:
+                add(
+                    f"AdamW {tree}: {lib} / optax <= 0.70",
+                    _paired(r, "optax", lib),
+                    0.70,
+                    "{:.2f}x",
+                )
+                add(
+                    f"AdamW {tree}: {lib} / torch fused <= 1.05",
+                    _paired(r, "torch-fused", lib),
+                    1.05,
+                    "{:.2f}x",
+                )
+        for tree in DEFAULT_TREES:
+            clip, plain = cases.get(f"{tree}/clip_adamw"), cases.get(f"{tree}/adamw")
+            if clip and plain and _median(clip, lib) and _median(plain, lib):
+                add(
+                    f"clip + AdamW {tree}: {lib} over {lib} AdamW <= 1.2",
+                    _median(clip, lib) / _median(plain, lib),
+                    1.2,
+                    "{:.2f}x",
+                )
+            if clip:
+                add(
+                    f"clip + AdamW {tree}: {lib} / optax <= 0.45",
+                    _paired(clip, "optax", lib),
+                    0.45,
+                    "{:.2f}x",
+                )
+        r = cases.get("many-small/adamw")
         if r:
             add(
-                f"AdamW {tree}: gradtx / optax <= 0.70",
-                _paired(r, "optax"),
-                0.70,
+                f"many-small AdamW: {lib} / optax <= 0.5",
+                _paired(r, "optax", lib),
+                0.5,
                 "{:.2f}x",
             )
-            add(
-                f"AdamW {tree}: gradtx / torch fused <= 1.05",
-                _paired(r, "torch-fused"),
-                1.05,
-                "{:.2f}x",
-            )
-    for tree in DEFAULT_TREES:
-        clip, plain = cases.get(f"{tree}/clip_adamw"), cases.get(f"{tree}/adamw")
-        if clip and plain and _median(clip, "gradtx") and _median(plain, "gradtx"):
-            add(
-                f"clip + AdamW {tree}: gradtx over gradtx AdamW <= 1.2",
-                _median(clip, "gradtx") / _median(plain, "gradtx"),
-                1.2,
-                "{:.2f}x",
-            )
-        if clip:
-            add(
-                f"clip + AdamW {tree}: gradtx / optax <= 0.45",
-                _paired(clip, "optax"),
-                0.45,
-                "{:.2f}x",
-            )
-    r = cases.get("many-small/adamw")
-    if r:
-        add(
-            "many-small AdamW: gradtx / optax <= 0.5",
-            _paired(r, "optax"),
-            0.5,
-            "{:.2f}x",
-        )
-        a, b = _ok(r, "gradtx"), _ok(r, "optax")
-        if a and b:
-            add(
-                "many-small AdamW: compile gradtx / optax <= 0.2",
-                a["lower_compile_s"] / b["lower_compile_s"],
-                0.2,
-                "{:.2f}x",
-            )
-    sweep = [r for r in records if _is_sweep(r)]
-    for fit in sweep_fits(sweep):
-        if fit["library"] == "gradtx" and fit["compile"]:
-            add(
-                f"sweep {fit['optimizer']}: gradtx compile-time exponent <= 1",
-                fit["compile"]["exponent"],
-                1.0,
-                "{:.2f}",
-            )
-    for r in sweep:
-        entry = _ok(r, "gradtx")
-        if r["n_leaves"] == 5000 and entry:
-            add(
-                f"sweep-5000 {r['optimizer']}: gradtx lower + compile < 10 s",
-                entry["lower_compile_s"],
-                10.0,
-                "{:.1f} s",
-            )
-    for r in records:
-        entry = _ok(r, "gradtx")
-        memory = (entry or {}).get("memory") or {}
-        if "extra_bytes" in memory and not _is_sweep(r):
-            add(
-                f"{r['key']}: gradtx extra memory <= largest leaf "
-                f"({_mb(r['largest_leaf_bytes'])} MB)",
-                memory["extra_bytes"] / 2**20,
-                r["largest_leaf_bytes"] / 2**20,
-                "{:.1f} MB",
-            )
+            a, b = _ok(r, lib), _ok(r, "optax")
+            if a and b:
+                add(
+                    f"many-small AdamW: compile {lib} / optax <= 0.2",
+                    a["lower_compile_s"] / b["lower_compile_s"],
+                    0.2,
+                    "{:.2f}x",
+                )
+        sweep = [r for r in records if _is_sweep(r)]
+        for fit in sweep_fits(sweep):
+            if fit["library"] == lib and fit["compile"]:
+                add(
+                    f"sweep {fit['optimizer']}: {lib} compile-time exponent <= 1",
+                    fit["compile"]["exponent"],
+                    1.0,
+                    "{:.2f}",
+                )
+        for r in sweep:
+            entry = _ok(r, lib)
+            if r["n_leaves"] == 5000 and entry:
+                add(
+                    f"sweep-5000 {r['optimizer']}: {lib} lower + compile < 10 s",
+                    entry["lower_compile_s"],
+                    10.0,
+                    "{:.1f} s",
+                )
+        for r in records:
+            entry = _ok(r, lib)
+            memory = (entry or {}).get("memory") or {}
+            if "extra_bytes" in memory and not _is_sweep(r):
+                add(
+                    f"{r['key']}: {lib} extra memory <= largest leaf "
+                    f"({_mb(r['largest_leaf_bytes'])} MB)",
+                    memory["extra_bytes"] / 2**20,
+                    r["largest_leaf_bytes"] / 2**20,
+                    "{:.1f} MB",
+                )
     return rows
 
 

@@ -4,6 +4,7 @@ Every idea about turning a gradient into an update is one pure
 `(init, update)` pair, and optimizers are chains of them.
 """
 
+from gradtx import fused as fused
 from gradtx import masks as masks
 from gradtx.aliases import adadelta as adadelta
 from gradtx.aliases import adagrad as adagrad
@@ -33,6 +34,8 @@ from gradtx.decay import AddDecayedWeightsState as AddDecayedWeightsState
 from gradtx.decay import AddL1PenaltyState as AddL1PenaltyState
 from gradtx.decay import add_decayed_weights as add_decayed_weights
 from gradtx.decay import add_l1_penalty as add_l1_penalty
+from gradtx.fused import FusedStep as FusedStep
+from gradtx.fused import fused_step as fused_step
 from gradtx.injection import InjectHyperparamsState as InjectHyperparamsState
 from gradtx.injection import ReduceOnPlateauState as ReduceOnPlateauState
 from gradtx.injection import inject_hyperparams as inject_hyperparams
@@ -88,6 +91,7 @@ __all__ = [
     "AddL1PenaltyState",
     "ApplyIfFiniteState",
     "EmptyState",
+    "FusedStep",
     "GradientTransformation",
     "InjectHyperparamsState",
     "MaskedState",
@@ -123,6 +127,8 @@ __all__ = [
     "describe",
     "exponential_decay",
     "freeze",
+    "fused",
+    "fused_step",
     "global_norm",
     "identity",
     "inject_hyperparams",

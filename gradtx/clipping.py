@@ -139,6 +139,25 @@ def _scaled_norm(tree: Updates) -> tuple[jax.Array, jax.Array]:
     return jax.lax.cond(out_of_range, rescaled, in_range, total)
 
 
+def clip_factors(updates: Updates, max_norm: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """The two factors `clip_by_global_norm` multiplies each leaf by, in order.
+
+    The clipped gradient is `(g * rescale) * ratio`. With `norm = root /
+    scale` (see `_scaled_norm`), `g * max_norm / norm = (g * scale) *
+    (max_norm / root)`: every factor stays a normal number even when the norm
+    overflows (scale < 1) and the ratio itself would be subnormal (flushed to
+    zero on CPU). scale is a power of two, so g * scale is exact, and it is 1
+    in the common case. No branch divides by zero: a zero norm would give 0/0
+    (for a zero bound) and a NaN gradient. Both factors are 1 when the norm is
+    within the bound. `gradtx.fused_step` uses the same two factors.
+    """
+    root, scale = _scaled_norm(updates)
+    over = root > max_norm * scale
+    ratio = jnp.where(over, max_norm / jnp.where(over, root, 1.0), 1.0)
+    rescale = jnp.where(over, scale, 1.0)
+    return rescale, ratio
+
+
 @described
 def clip_by_global_norm(max_norm: ArrayLike) -> GradientTransformation:
     """Rescale the whole tree so that its global norm is at most `max_norm`.
@@ -180,16 +199,7 @@ def clip_by_global_norm(max_norm: ArrayLike) -> GradientTransformation:
         updates: Updates, state: EmptyState, params: Params | None = None, **extra
     ) -> tuple[Updates, EmptyState]:
         del params
-        # norm = root / scale, so g * max_norm / norm = (g * scale) *
-        # (max_norm / root): every factor stays a normal number even when the
-        # norm overflows (scale < 1) and the ratio itself would be subnormal
-        # (flushed to zero on CPU). scale is a power of two, so g * scale is
-        # exact, and it is 1 in the common case. No branch divides by zero:
-        # a zero norm would give 0/0 (for a zero bound) and a NaN gradient.
-        root, scale = _scaled_norm(updates)
-        over = root > max_norm * scale
-        ratio = jnp.where(over, max_norm / jnp.where(over, root, 1.0), 1.0)
-        rescale = jnp.where(over, scale, 1.0)
+        rescale, ratio = clip_factors(updates, max_norm)
 
         def leaf(g):
             g_c = g.astype(compute_dtype(g))

@@ -1,0 +1,614 @@
+"""A whole optimizer step in one pass over memory: `fused_step`.
+
+The plain step is two calls::
+
+    updates, state = tx.update(grads, state, params)
+    params = apply_updates(params, updates)
+
+XLA compiles it into a few loops per leaf. On a GPU it fuses them into one
+kernel that reads p, g, m, v and writes p, m, v once (28 bytes per float32
+parameter for Adam, the least there is). XLA:CPU does not: it writes the new
+moments, then reads them back to update the parameter, about 40 bytes per
+parameter, and it runs each leaf's loops one after another.
+
+`fused_step(tx)` returns a function with the plain step's meaning,
+`params, state = step(params, state, grads)`. For the chains it knows (SGD
+with or without momentum, Adam, AdamW, Adam with coupled L2, each with an
+optional `clip_by_global_norm` in front) and float32 trees on a single CPU
+device, it runs the whole step as a few calls of a small C++ kernel that
+visits each element once, on all the cores XLA uses. The arithmetic is the
+plain path's, operation by operation, so the results are bit-identical. For
+anything else (another chain, another dtype, a GPU or TPU, a tree sharded
+over several devices) it runs the plain step, which is what it means.
+
+The kernel (`gradtx/_fused.cc`) is compiled on first use with the system
+C++ compiler (`$CXX`, else `c++`, `g++` or `clang++`) against the XLA FFI
+headers that jaxlib ships, and cached in `$GRADTX_CACHE_DIR` (default
+`~/.cache/gradtx`). Without a compiler the step warns once and runs the
+plain path. Set `GRADTX_FUSED=0` to turn the kernel off everywhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx._checks import check_same_tree, mask_flags
+from gradtx.base import (
+    GradientTransformation,
+    OptState,
+    Params,
+    Updates,
+    apply_updates,
+    bias_correction,
+    safe_increment,
+)
+from gradtx.clipping import clip_factors
+
+__all__ = ["FusedStep", "fused_step"]
+
+_SOURCE = Path(__file__).with_name("_fused.cc")
+_TARGETS = {"adam": "gradtx_fused_adam", "sgd": "gradtx_fused_sgd"}
+_SYMBOLS = {"adam": "GradtxFusedAdam", "sgd": "GradtxFusedSgd"}
+# Leaves per kernel call. XLA's compile time grows faster than linearly in
+# the number of buffers of one custom call (about 4 s for one call over 400
+# leaves); calls over a few dozen leaves each keep it near the plain step's.
+_GROUP = 32
+# Per-leaf flag bits, as in _fused.cc.
+_COUPLED, _DECOUPLED = 1, 2
+
+
+# ----------------------------------------------------------------------------
+# the plan: which links the step is made of
+
+
+class _Link(NamedTuple):
+    role: str  # clip, coupled, adam, momentum, decoupled, lr
+    tx: GradientTransformation
+    path: tuple[int, ...]  # where its state sits in the chain's state
+
+
+class _Plan(NamedTuple):
+    kind: str  # "adam" or "sgd"
+    links: tuple[_Link, ...]
+
+    def get(self, role: str) -> _Link | None:
+        for link in self.links:
+            if link.role == role:
+                return link
+        return None
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _flatten_chain(tx: Any, path: tuple[int, ...] = ()) -> list[_Link]:
+    """The links of a (nested) chain in order, with their state paths."""
+    name = getattr(tx, "name", None)
+    if name == "chain":
+        links = []
+        for i, child in enumerate(tx.children):
+            links.extend(_flatten_chain(child, (*path, i)))
+        return links
+    if name is None:
+        raise _Unsupported("a link was not built by a gradtx factory")
+    return [_Link(name, tx, path)]
+
+
+def _is_f32(dtype: Any) -> bool:
+    return dtype is None or jnp.dtype(dtype) == jnp.float32
+
+
+def _make_plan(tx: GradientTransformation) -> _Plan:
+    """Match the chain against the shapes the kernels run; raise otherwise."""
+    links = _flatten_chain(tx)
+    names = [link.role for link in links]
+    shown = " -> ".join(names)
+    roles: list[str] = []
+    i = 0
+
+    def take(name: str, role: str) -> bool:
+        nonlocal i
+        if i < len(names) and names[i] == name:
+            roles.append(role)
+            i += 1
+            return True
+        return False
+
+    take("clip_by_global_norm", "clip")
+    take("add_decayed_weights", "coupled")
+    if take("scale_by_adam", "adam"):
+        kind = "adam"
+        take("add_decayed_weights", "decoupled")
+    else:
+        kind = "sgd"
+        take("scale_by_momentum", "momentum")
+    if not take("scale_by_learning_rate", "lr") or i != len(names):
+        raise _Unsupported(
+            f"no kernel for the chain {shown}; the kernels run [clip_by_global_norm]"
+            " -> [add_decayed_weights] -> scale_by_adam -> [add_decayed_weights] ->"
+            " scale_by_learning_rate and [clip_by_global_norm] ->"
+            " [add_decayed_weights] -> [scale_by_momentum] -> scale_by_learning_rate"
+        )
+    plan = _Plan(
+        kind,
+        tuple(
+            _Link(r, link.tx, link.path) for r, link in zip(roles, links, strict=True)
+        ),
+    )
+    adam = plan.get("adam")
+    if adam is not None:
+        hp = adam.tx.hyperparams
+        if not (_is_f32(hp["mu_dtype"]) and _is_f32(hp["nu_dtype"])):
+            raise _Unsupported("the kernel keeps Adam's moments in float32 only")
+    momentum = plan.get("momentum")
+    if momentum is not None and not _is_f32(
+        momentum.tx.hyperparams["accumulator_dtype"]
+    ):
+        raise _Unsupported("the kernel keeps the momentum in float32 only")
+    return plan
+
+
+# ----------------------------------------------------------------------------
+# building and loading the kernel
+
+_lock = threading.Lock()
+
+
+def _cache_dir() -> Path:
+    if "GRADTX_CACHE_DIR" in os.environ:
+        return Path(os.environ["GRADTX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gradtx"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_signature() -> str:
+    """What `-march=native` depends on: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("model name", "flags", "Features"))
+    ]
+    return "\n".join(sorted(set(lines)))
+
+
+def _build(compiler: str) -> Path:
+    include = jax.ffi.include_dir()
+    flags = [
+        "-O3",
+        "-march=native",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-pthread",
+        "-ffp-contract=off",  # no fused multiply-adds: bit-identical to XLA
+        "-fno-math-errno",  # lets sqrt vectorise; results are unchanged
+    ]
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                source,
+                " ".join([compiler, *flags]).encode(),
+                jax.__version__.encode(),
+                platform.machine().encode(),
+                _cpu_signature().encode(),
+            ]
+        )
+    ).hexdigest()[:16]
+    directory = _cache_dir()
+    target = directory / f"gradtx_fused_{key}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        partial = Path(tmp) / target.name
+        command = [compiler, *flags, "-isystem", include, str(_SOURCE), "-o"]
+        result = subprocess.run(
+            [*command, str(partial)], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(command)} failed:\n{result.stderr.strip()[-2000:]}"
+            )
+        os.replace(partial, target)  # atomic: concurrent builds are harmless
+    return target
+
+
+@functools.cache
+def _load() -> str | None:
+    """Build, load and register the kernels; None (and one warning) on failure."""
+    with _lock:
+        try:
+            compiler = _compiler()
+            if compiler is None:
+                raise RuntimeError("no C++ compiler found (set $CXX)")
+            library = ctypes.CDLL(str(_build(compiler)))
+            for kind, symbol in _SYMBOLS.items():
+                jax.ffi.register_ffi_target(
+                    _TARGETS[kind],
+                    jax.ffi.pycapsule(getattr(library, symbol)),
+                    platform="cpu",
+                )
+        except Exception as error:  # noqa: BLE001 - any failure means plain path
+            warnings.warn(
+                f"gradtx.fused_step: the CPU kernel is unavailable, running the "
+                f"plain step instead ({error})",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        return str(library._name)
+
+
+def kernel_available() -> bool:
+    """Whether the fused CPU kernel is built and loaded (building it if need be).
+
+    False when `GRADTX_FUSED=0` is set or the kernel could not be built (a
+    warning then says why).
+
+    Examples:
+        >>> import gradtx
+        >>> gradtx.fused.kernel_available()
+        True
+    """
+    if os.environ.get("GRADTX_FUSED", "1") == "0":
+        return False
+    return _load() is not None
+
+
+# ----------------------------------------------------------------------------
+# the step
+
+
+def _get(state: Any, path: tuple[int, ...]) -> Any:
+    for i in path:
+        state = state[i]
+    return state
+
+
+def _set(state: Any, path: tuple[int, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    items = list(state)
+    items[head] = _set(items[head], rest, value)
+    return tuple(items)
+
+
+def _f32(x: Any) -> jax.Array:
+    return jnp.asarray(x, jnp.float32)
+
+
+def _rate_and_state(link: _Link, state: Any, name: str) -> tuple[Any, Any]:
+    """A link's coefficient at this step and its next state, as the link does it."""
+    value = link.tx.hyperparams[name]
+    if callable(value):
+        return jnp.asarray(value(state.count)), type(state)(
+            count=safe_increment(state.count)
+        )
+    return value, state
+
+
+def _state_fits(plan: _Plan, state: Any) -> bool:
+    """Whether `state` has the chain's shape (otherwise the plain path explains)."""
+    try:
+        for link in plan.links:
+            _get(state, link.path)
+    except (TypeError, IndexError, KeyError):
+        return False
+    return True
+
+
+class FusedStep:
+    """`params, state = step(params, state, grads)`: update and apply at once.
+
+    Built by `fused_step`; see there. `fused` says whether the chain has a
+    kernel and `reason` why not when it has none.
+    """
+
+    def __init__(self, tx: GradientTransformation) -> None:
+        """Match `tx` against the kernels (see `fused_step`)."""
+        self.tx = tx
+        try:
+            self._plan: _Plan | None = _make_plan(tx)
+            self.reason: str | None = None
+        except _Unsupported as unsupported:
+            self._plan = None
+            self.reason = str(unsupported)
+
+    @property
+    def fused(self) -> bool:
+        """Whether the chain is one the CPU kernels run."""
+        return self._plan is not None
+
+    def __repr__(self) -> str:
+        """`fused_step(<the chain>)`."""
+        return f"fused_step({self.tx!r})"
+
+    def plain(
+        self, params: Params, state: OptState, grads: Updates, **extra: Any
+    ) -> tuple[Params, OptState]:
+        """The plain step: `tx.update`, then `apply_updates`."""
+        updates, state = self.tx.update(grads, state, params, **extra)
+        return apply_updates(params, updates), state
+
+    def __call__(
+        self, params: Params, state: OptState, grads: Updates, **extra: Any
+    ) -> tuple[Params, OptState]:
+        """One step: the new params and state."""
+        if self._plan is None or not self._fits(grads, state, params):
+            return self.plain(params, state, grads, **extra)
+        if not kernel_available():
+            return self.plain(params, state, grads, **extra)
+
+        def fused(params, state, grads):
+            return self._fused(grads, state, params)
+
+        def plain(params, state, grads):
+            return self.plain(params, state, grads, **extra)
+
+        # The kernel on CPU; XLA's own fusion elsewhere (one kernel per leaf
+        # on a GPU already). The choice is made when the step is lowered.
+        return jax.lax.platform_dependent(
+            params, state, grads, cpu=fused, default=plain
+        )
+
+    def _fits(self, grads: Updates, state: OptState, params: Params) -> bool:
+        plan = self._plan
+        assert plan is not None
+        check_same_tree("fused_step", "grads", grads, "params", params)
+        if jax.device_count() != 1 or not _state_fits(plan, state):
+            return False
+        arrays = [*jax.tree.leaves(params), *jax.tree.leaves(grads)]
+        for role, field in (("adam", "mu"), ("adam", "nu"), ("momentum", "velocity")):
+            link = plan.get(role)
+            if link is not None:
+                link_state = _get(state, link.path)
+                moments = getattr(link_state, field, None)
+                if moments is None:
+                    return False
+                check_same_tree(
+                    f"fused_step ({link.role})",
+                    "grads",
+                    grads,
+                    f"state.{field}",
+                    moments,
+                )
+                arrays.extend(jax.tree.leaves(moments))
+        return bool(arrays) and all(
+            jnp.result_type(x) == jnp.float32 and not isinstance(x, int | float)
+            for x in arrays
+        )
+
+    def _fused(
+        self, grads: Updates, state: OptState, params: Params
+    ) -> tuple[Params, OptState]:
+        plan = self._plan
+        assert plan is not None
+        p_leaves, treedef = jax.tree.flatten(params)
+        g_leaves = treedef.flatten_up_to(grads)
+        n = len(p_leaves)
+        flags = np.zeros(n, np.int64)
+        one = jnp.ones([], jnp.float32)
+        zero = jnp.zeros([], jnp.float32)
+
+        rescale = ratio = one
+        if (link := plan.get("clip")) is not None:
+            rescale, ratio = clip_factors(grads, link.tx.hyperparams["max_norm"])
+
+        def decay(role: str, bit: int) -> jax.Array:
+            nonlocal state
+            link = plan.get(role)
+            if link is None:
+                return zero
+            rate, new = _rate_and_state(link, _get(state, link.path), "weight_decay")
+            state = _set(state, link.path, new)
+            mask = link.tx.hyperparams["mask"]
+            selected = (
+                [True] * n
+                if mask is None
+                else mask_flags("add_decayed_weights", mask, params)
+            )
+            flags[:] |= np.asarray(selected, bool) * bit
+            return _f32(rate)
+
+        coupled = decay("coupled", _COUPLED)
+        core = plan.get("adam") or plan.get("momentum")
+        decoupled = decay("decoupled", _DECOUPLED)
+        lr_link = plan.get("lr")
+        assert lr_link is not None
+        rate, lr_state = _rate_and_state(
+            lr_link, _get(state, lr_link.path), "learning_rate"
+        )
+        state = _set(state, lr_link.path, lr_state)
+        step = _f32(-rate)
+
+        if plan.kind == "adam":
+            assert core is not None
+            hp = core.tx.hyperparams
+            b1, b2 = hp["b1"], hp["b2"]
+            adam_state = _get(state, core.path)
+            count = safe_increment(adam_state.count)
+            t = count.astype(jnp.float32)
+            # As XLA rewrites the plain step: m / c1 -> m * (1 / c1), and for
+            # Nesterov b1 * m / c1' + (1 - b1) * g / c1 -> m * ((1 / c1') * b1)
+            # + g * ((1 / c1) * (1 - b1)).
+            inv_c1 = 1 / bias_correction(b1, t)
+            inv_c2 = 1 / bias_correction(b2, t)
+            if hp["nesterov"]:
+                nesterov_m = (1 / bias_correction(b1, t + 1)) * _f32(b1)
+                nesterov_g = inv_c1 * _f32(1 - b1)
+            else:
+                nesterov_m = nesterov_g = one
+            scalars = [
+                rescale, ratio, coupled, b1, 1 - b1, b2, 1 - b2, inv_c1,
+                nesterov_m, nesterov_g, inv_c2, hp["eps_root"], hp["eps"],
+                decoupled, step,
+            ]  # fmt: skip
+            moments = [
+                treedef.flatten_up_to(adam_state.mu),
+                treedef.flatten_up_to(adam_state.nu),
+            ]
+            attrs = {"clip": plan.get("clip") is not None, "nesterov": hp["nesterov"]}
+        else:
+            momentum = 0.0
+            dampening = 0.0
+            moments = []
+            if core is not None:
+                hp = core.tx.hyperparams
+                momentum, dampening = hp["decay"], hp["dampening"]
+                moments = [treedef.flatten_up_to(_get(state, core.path).velocity)]
+            scalars = [rescale, ratio, coupled, momentum, 1 - dampening, step]
+            attrs = {
+                "clip": plan.get("clip") is not None,
+                "momentum": core is not None,
+                "nesterov": core is not None and core.tx.hyperparams["nesterov"],
+            }
+
+        scalar_buffer = jnp.stack([_f32(s) for s in scalars])
+        new_p, new_moments = _call_kernel(
+            plan.kind, scalar_buffer, p_leaves, g_leaves, moments, flags, attrs
+        )
+
+        if plan.kind == "adam":
+            mu = jax.tree.structure(adam_state.mu).unflatten(new_moments[0])
+            nu = jax.tree.structure(adam_state.nu).unflatten(new_moments[1])
+            state = _set(state, core.path, type(adam_state)(count=count, mu=mu, nu=nu))
+        elif core is not None:
+            velocity_state = _get(state, core.path)
+            velocity = jax.tree.structure(velocity_state.velocity).unflatten(
+                new_moments[0]
+            )
+            state = _set(state, core.path, velocity_state._replace(velocity=velocity))
+        return treedef.unflatten(new_p), state
+
+
+def _call_kernel(
+    kind: str,
+    scalars: jax.Array,
+    p_leaves: list[jax.Array],
+    g_leaves: list[jax.Array],
+    moments: list[list[jax.Array]],
+    flags: np.ndarray,
+    attrs: dict[str, bool],
+) -> tuple[list[jax.Array], list[list[jax.Array]]]:
+    """Run the kernel over the leaves, `_GROUP` at a time, every output in place."""
+    n_moments = len(moments)
+    new_p: list[jax.Array] = []
+    new_moments: list[list[jax.Array]] = [[] for _ in range(n_moments)]
+    for start in range(0, len(p_leaves), _GROUP):
+        stop = min(start + _GROUP, len(p_leaves))
+        operands: list[jax.Array] = [scalars]
+        results: list[jax.ShapeDtypeStruct] = []
+        aliases: dict[int, int] = {}
+        for k in range(start, stop):
+            p = jnp.asarray(p_leaves[k])
+            group = [p, jnp.asarray(g_leaves[k])] + [jnp.asarray(m[k]) for m in moments]
+            out_of = [0] + list(range(2, 2 + n_moments))  # p and the moments
+            for position in out_of:
+                aliases[len(operands) + position] = len(results)
+                results.append(jax.ShapeDtypeStruct(p.shape, jnp.float32))
+            operands.extend(group)
+        # Under jax.vmap every operand gets the batch axis in front (the scalars
+        # too, shape (batch, n)); the kernel then runs row r of each leaf with
+        # row r of the scalars.
+        outputs = jax.ffi.ffi_call(
+            _TARGETS[kind],
+            results,
+            input_output_aliases=aliases,
+            vmap_method="broadcast_all",
+        )(*operands, flags=flags[start:stop], **attrs)
+        width = 1 + n_moments
+        new_p.extend(outputs[0::width])
+        for j in range(n_moments):
+            new_moments[j].extend(outputs[1 + j :: width])
+    return new_p, new_moments
+
+
+def fused_step(tx: GradientTransformation) -> FusedStep:
+    """The step `tx.update` + `apply_updates`, in one pass over memory on CPU.
+
+    `step = fused_step(tx)` is a function with the meaning of::
+
+        def step(params, state, grads):
+            updates, state = tx.update(grads, state, params)
+            return apply_updates(params, updates), state
+
+    and the same results, bit for bit. When `tx` is one of the chains below,
+    the trees are float32 and the step is lowered for a single CPU device, it
+    runs as a C++ kernel that reads each parameter, gradient and moment once
+    and writes each once, in place when params and state are donated
+    (`jax.jit(step, donate_argnums=(0, 1))`; they come in and go out in the
+    same order, so each output takes its own input's buffer). Everything
+    else runs the plain step, so `fused_step` can wrap any transformation.
+    The chains, links in brackets optional::
+
+        [clip_by_global_norm] -> [add_decayed_weights] -> scale_by_adam
+            -> [add_decayed_weights] -> scale_by_learning_rate
+        [clip_by_global_norm] -> [add_decayed_weights] -> [scale_by_momentum]
+            -> scale_by_learning_rate
+
+    That is `adam`, `adamw`, `adam_l2`, `sgd` (with or without momentum,
+    Nesterov, dampening), `sgd_l2`, each with `clip_by_global_norm` chained in
+    front, with numbers, arrays or schedules as hyperparameters and masks on
+    the decay. The state is the chain's own, so checkpoints and the plain
+    step work with it unchanged.
+
+    The kernel has no derivative (differentiate through the plain step) and
+    runs under `jax.vmap` one batch element at a time. See the module
+    docstring for how it is built and `GRADTX_FUSED=0` to turn it off.
+
+    Args:
+        tx: Any gradient transformation.
+
+    Returns:
+        A `FusedStep`: call it as `params, state = step(params, state, grads)`.
+        Its `fused` attribute says whether `tx` has a kernel, `reason` why not.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.adamw(1e-3, weight_decay=0.01)
+        >>> step = jax.jit(gradtx.fused_step(tx), donate_argnums=(0, 1))
+        >>> params = {"w": jnp.ones(3)}
+        >>> state = tx.init(params)
+        >>> params, state = step(params, state, {"w": jnp.array([1.0, -1.0, 0.0])})
+        >>> params["w"]
+        Array([0.99899   , 1.00099   , 0.99999   ], dtype=float32)
+        >>> gradtx.fused_step(gradtx.rmsprop(1e-3)).fused
+        False
+    """
+    if not (isinstance(tx, tuple) and len(tx) == 2):
+        raise TypeError(
+            f"fused_step: tx must be a gradient transformation, got {type(tx).__name__}"
+        )
+    if not isinstance(tx, GradientTransformation):
+        tx = GradientTransformation(*tx)
+    return FusedStep(tx)

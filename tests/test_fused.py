@@ -1,0 +1,474 @@
+"""gradtx.fused_step: the one-pass CPU kernel against the plain step.
+
+The plain step (`tx.update`, then `apply_updates`) is what the fused step
+means. Where XLA's own rounding of the plain step is fixed (SGD, and every
+chain on a single-leaf tree) the two agree bit for bit. On trees of several
+leaves XLA rewrites the plain Adam step differently from leaf to leaf (it
+folds the bias corrections into one reciprocal or another), so there the
+moments still agree bit for bit and the parameters agree to float32
+round-off of the update, checked against a float64 evaluation of the same
+step.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx
+from gradtx import fused as fused_module
+from tests import references as refs
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+pytestmark = pytest.mark.skipif(
+    fused_module._compiler() is None, reason="no C++ compiler to build the kernel"
+)
+
+
+def _mask(params):
+    return jax.tree.map(lambda x: jnp.ndim(x) > 1, params)
+
+
+ADAM_CHAINS = {
+    "adam": lambda: gradtx.adam(1e-2),
+    "adam_nesterov": lambda: gradtx.adam(1e-2, nesterov=True),
+    "adam_eps_root": lambda: gradtx.adam(1e-2, eps_root=1e-10),
+    "adamw": lambda: gradtx.adamw(1e-2, weight_decay=0.1),
+    "adamw_mask_schedules": lambda: gradtx.adamw(
+        gradtx.warmup_cosine_decay_schedule(0.0, 1e-2, 3, 20),
+        weight_decay=gradtx.linear_schedule(0.1, 0.0, 10),
+        mask=_mask,
+    ),
+    "adam_l2": lambda: gradtx.adam_l2(1e-2, weight_decay=0.1),
+    "clip_adamw": lambda: gradtx.chain(
+        gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-2, weight_decay=0.1)
+    ),
+}
+SGD_CHAINS = {
+    "sgd": lambda: gradtx.sgd(0.1),
+    "sgd_schedule": lambda: gradtx.sgd(gradtx.exponential_decay(0.1, 2, 0.5)),
+    "momentum": lambda: gradtx.sgd(0.1, momentum=0.9),
+    "nesterov": lambda: gradtx.sgd(0.1, momentum=0.9, nesterov=True),
+    "dampening": lambda: gradtx.sgd(0.1, momentum=0.9, dampening=0.3),
+    "sgd_l2": lambda: gradtx.sgd_l2(0.1, momentum=0.9, weight_decay=0.01),
+    "clip_momentum": lambda: gradtx.chain(
+        gradtx.clip_by_global_norm(0.5), gradtx.sgd(0.1, momentum=0.9)
+    ),
+}
+CHAINS = {**ADAM_CHAINS, **SGD_CHAINS}
+
+
+def _tree(shapes, seed=0, scale=1.0):
+    key = jax.random.PRNGKey(seed)
+    return {
+        f"leaf{i:03d}": scale * jax.random.normal(jax.random.fold_in(key, i), s)
+        for i, s in enumerate(shapes)
+    }
+
+
+# A matrix, vectors, a scalar, an empty leaf, and more leaves than one kernel
+# call takes (`_GROUP`), so that the step spans several calls.
+MANY = [(4, 3), (5,), (), (0,), (70_000,), (17, 33)] + [(7,)] * 40
+
+
+def _grads(shapes, step):
+    # Gradients of changing size (1e-2 .. 1e2), so that clipping both acts
+    # and does not.
+    return _tree(shapes, seed=1000 + step, scale=10.0 ** (step % 5 - 2))
+
+
+def _run(tx, shapes, steps, fused=True, donate=True):
+    step = gradtx.fused_step(tx) if fused else gradtx.fused_step(tx).plain
+    step = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    params = _tree(shapes)
+    state = tx.init(params)
+    for k in range(steps):
+        params, state = step(params, state, _grads(shapes, k))
+    return params, state
+
+
+def _assert_identical(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _custom_calls(step, *args) -> int:
+    return jax.jit(step).lower(*args).as_text().count("gradtx_fused")
+
+
+# ----------------------------------------------------------------------------
+# which chains have a kernel
+
+
+def test_kernel_builds():
+    assert fused_module.kernel_available()
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_known_chains_are_fused(name):
+    step = gradtx.fused_step(CHAINS[name]())
+    assert step.fused and step.reason is None
+    params = _tree([(3,)])
+    state = step.tx.init(params)
+    assert _custom_calls(step, params, state, params) == 1
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [
+        gradtx.rmsprop(1e-3),
+        gradtx.adamw_multiplier(1e-3, weight_decay=0.1),
+        gradtx.adam(1e-3, mu_dtype=jnp.bfloat16),
+        gradtx.chain(gradtx.adamw(1e-3), gradtx.clip_by_global_norm(1.0)),
+        gradtx.inject_hyperparams(gradtx.adamw)(learning_rate=1e-3),
+        gradtx.apply_if_finite(gradtx.adam(1e-3), 3),
+    ],
+    ids=["rmsprop", "alg2", "bf16-moments", "clip-last", "injected", "wrapped"],
+)
+def test_other_chains_run_the_plain_step(tx):
+    step = gradtx.fused_step(tx)
+    assert not step.fused and step.reason
+    params = _tree([(3,), (2, 2)])
+    grads = _grads([(3,), (2, 2)], 0)
+    state = tx.init(params)
+    assert _custom_calls(step, params, state, grads) == 0
+    _assert_identical(step(params, state, grads), step.plain(params, state, grads))
+
+
+def test_a_nested_chain_is_flattened():
+    tx = gradtx.chain(
+        gradtx.chain(gradtx.clip_by_global_norm(1.0)),
+        gradtx.chain(gradtx.scale_by_adam(), gradtx.add_decayed_weights(0.1)),
+        gradtx.scale_by_learning_rate(1e-2),
+    )
+    assert gradtx.fused_step(tx).fused
+    _assert_identical(_run(tx, [(9,)], 5), _run(tx, [(9,)], 5, fused=False))
+
+
+# ----------------------------------------------------------------------------
+# same numbers as the plain step
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_single_leaf_is_bit_identical(name):
+    tx = CHAINS[name]()
+    for shape in [(1,), (1000,), (300, 301)]:
+        _assert_identical(_run(tx, [shape], 12), _run(tx, [shape], 12, fused=False))
+
+
+@pytest.mark.parametrize("name", sorted(SGD_CHAINS))
+def test_sgd_on_many_leaves_is_bit_identical(name):
+    tx = SGD_CHAINS[name]()
+    _assert_identical(_run(tx, MANY, 12), _run(tx, MANY, 12, fused=False))
+
+
+def _adam_reference_step(tx_name, params, grads, mu, nu, t, lr, wd, flags):
+    """One step in float64 from the same float32 inputs, and its scale.
+
+    Returns the new params and, per leaf, the size of the terms the float32
+    result is a rounding of: |p| + lr * (|m_hat|' / denominator + |wd * p|),
+    where |m_hat|' is m_hat with every term taken in absolute value.
+    """
+    nesterov = tx_name == "adam_nesterov"
+    eps_root = 1e-10 if tx_name == "adam_eps_root" else 0.0
+    coupled = tx_name == "adam_l2"
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    out, scales = {}, {}
+    for k, p in params.items():
+        p = np.asarray(p, np.float64)
+        g = np.asarray(grads[k], np.float64)
+        wd_k = wd if flags[k] else 0.0
+        g_abs = np.abs(g)
+        if coupled:
+            g, g_abs = g + wd_k * p, g_abs + np.abs(wd_k * p)
+        m_prev = np.asarray(mu[k], np.float64)
+        m = b1 * m_prev + (1 - b1) * g
+        m_abs = b1 * np.abs(m_prev) + (1 - b1) * g_abs
+        v = b2 * np.asarray(nu[k], np.float64) + (1 - b2) * g * g
+        if nesterov:
+            m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+            terms = b1 * m_abs / (1 - b1 ** (t + 1)) + (1 - b1) * g_abs / (1 - b1**t)
+        else:
+            m_hat = m / (1 - b1**t)
+            terms = m_abs / (1 - b1**t)
+        denom = np.sqrt(v / (1 - b2**t) + eps_root) + eps
+        decay = 0.0 if coupled else wd_k
+        out[k] = p - lr * (m_hat / denom + decay * p)
+        scales[k] = np.abs(p) + lr * (terms / denom + np.abs(decay * p))
+    return out, scales
+
+
+@pytest.mark.parametrize(
+    "name", ["adam", "adam_nesterov", "adam_eps_root", "adamw", "adam_l2"]
+)
+def test_adam_on_many_leaves_rounds_like_the_plain_step(name):
+    """Moments bit-identical; params within float32 round-off of the step."""
+    tx = ADAM_CHAINS[name]()
+    lr, wd = 1e-2, (0.1 if name in ("adamw", "adam_l2") else 0.0)
+    fused = jax.jit(gradtx.fused_step(tx))
+    plain = jax.jit(gradtx.fused_step(tx).plain)
+    params = _tree(MANY)
+    state = tx.init(params)
+    flags = {k: True for k in params}
+    worst = 0.0
+    for t in range(1, 16):
+        grads = _grads(MANY, t)
+        p_fused, s_fused = fused(params, state, grads)
+        p_plain, s_plain = plain(params, state, grads)
+        i = [type(x).__name__ for x in state].index("ScaleByAdamState")
+        _assert_identical(s_fused[i], s_plain[i])  # count, mu and nu
+        want, scale = _adam_reference_step(
+            name, params, grads, state[i].mu, state[i].nu, t, lr, wd, flags
+        )
+        for k in params:
+            for got in (p_fused[k], p_plain[k]):
+                err = np.abs(np.asarray(got, np.float64) - want[k])
+                bound = 8 * EPS32 * scale[k] + np.finfo(np.float32).tiny
+                assert np.all(err <= bound), (k, float(np.max(err / bound)))
+            if scale[k].size:
+                worst = max(worst, float(np.max(np.abs(p_fused[k] - p_plain[k]))))
+        params, state = p_plain, s_plain
+    assert worst < 1e-6  # the two differ, if at all, by an ulp of the update
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["adam", "adam_nesterov", "adam_eps_root", "adamw", "adam_l2", "clip_adamw"],
+)
+def test_adam_trajectory_against_float64(name):
+    """120 fused steps follow the float64 equations as closely as plain ones."""
+    lr = 1e-2
+    ref_links = {
+        "adam": [refs.adam()],
+        "adam_nesterov": [refs.adam(nesterov=True)],
+        "adam_eps_root": [refs.adam(eps_root=1e-10)],
+        "adamw": [refs.adam(), refs.add_decayed_weights(0.1)],
+        "adam_l2": [refs.add_decayed_weights(0.1), refs.adam()],
+        "clip_adamw": [
+            refs.clip_by_global_norm(1.0),
+            refs.adam(),
+            refs.add_decayed_weights(0.1),
+        ],
+    }
+    ref = refs.chain(*ref_links[name], refs.scale_by_learning_rate(lr))
+    tx = ADAM_CHAINS[name]()
+    step = jax.jit(gradtx.fused_step(tx), donate_argnums=(0, 1))
+    params64 = refs.make_params()
+    params32 = refs.to_f32(params64)
+    state32, state64 = tx.init(params32), ref.init(params64)
+    scale = {k: 0.0 for k in params64}
+    trajectory = []
+    for g in refs.make_grads():
+        params32, state32 = step(params32, state32, refs.to_f32(g))
+        u64, state64 = ref.update(g, state64, params64)
+        params64 = {k: params64[k] + u64[k] for k in params64}
+        trajectory.append((jax.tree.map(np.asarray, params32), dict(params64)))
+        for k in params64:
+            scale[k] = max(scale[k], float(np.max(np.abs(params64[k]))))
+    worst = max(
+        float(np.max(np.abs(got[k] - want[k]))) / scale[k]
+        for got, want in trajectory
+        for k in want
+    )
+    assert worst < 1e-4
+
+
+def test_schedules_masks_and_counts_follow_the_plain_step():
+    tx = ADAM_CHAINS["adamw_mask_schedules"]()
+    p_fused, s_fused = _run(tx, MANY, 25)
+    p_plain, s_plain = _run(tx, MANY, 25, fused=False)
+    # every count (Adam's, the decay schedule's, the learning rate's) agrees
+    counts = [x for x in jax.tree.leaves(s_fused) if x.dtype == jnp.int32]
+    assert [int(c) for c in counts] == [25, 25, 25]
+    _assert_identical(
+        [x for x in jax.tree.leaves(s_fused) if x.dtype == jnp.int32],
+        [x for x in jax.tree.leaves(s_plain) if x.dtype == jnp.int32],
+    )
+    for a, b in zip(jax.tree.leaves(p_fused), jax.tree.leaves(p_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_decay_mask_is_applied():
+    """With lr 1 and Adam's update pushed to zero, only masked-in leaves shrink."""
+    tx = gradtx.adamw(1.0, weight_decay=0.5, mask=_mask)
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    out, _ = gradtx.fused_step(tx)(params, tx.init(params), zero)
+    np.testing.assert_array_equal(out["w"], 0.5 * np.ones((2, 2)))
+    np.testing.assert_array_equal(out["b"], np.ones(2))
+
+
+def test_clipping_bounds_the_gradient():
+    tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.sgd(1.0))
+    params = {"a": jnp.zeros(3), "b": jnp.zeros(4)}
+    grads = {"a": jnp.full(3, 1e30), "b": jnp.full(4, -1e30)}
+    out, _ = jax.jit(gradtx.fused_step(tx))(params, tx.init(params), grads)
+    np.testing.assert_allclose(gradtx.global_norm(out), 1.0, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# JAX transformations, donation, memory
+
+
+def test_donation_updates_in_place():
+    tx = gradtx.adamw(1e-3, weight_decay=0.1)
+    shapes = [(256, 256), (1000,), (3,)]
+    params = _tree(shapes)
+    state = tx.init(params)
+    grads = _grads(shapes, 0)
+    step = jax.jit(gradtx.fused_step(tx), donate_argnums=(0, 1))
+    compiled = step.lower(params, state, grads).compile()
+    text = compiled.as_text()
+    assert "output_to_operand_aliasing" in text
+    assert " copy(" not in text and "copy-start" not in text
+    memory = compiled.memory_analysis()
+    assert memory.temp_size_in_bytes <= 4096  # scalars only, no leaf-sized scratch
+    old = jax.tree.leaves(params)[0]
+    params, state = step(params, state, grads)  # filterwarnings=error: no warning
+    assert old.is_deleted()
+
+
+def test_without_donation_inputs_survive():
+    tx = gradtx.adam(1e-3)
+    params = _tree([(10,)])
+    state = tx.init(params)
+    before = np.asarray(params["leaf000"])
+    out, _ = jax.jit(gradtx.fused_step(tx))(params, state, params)
+    np.testing.assert_array_equal(params["leaf000"], before)
+    assert not np.array_equal(out["leaf000"], before)
+
+
+def test_eager_call_works():
+    tx = gradtx.sgd(0.5, momentum=0.9)
+    params = {"w": jnp.ones(4)}
+    out, state = gradtx.fused_step(tx)(params, tx.init(params), {"w": jnp.ones(4)})
+    np.testing.assert_array_equal(out["w"], 0.5 * np.ones(4))
+    np.testing.assert_array_equal(state[0].velocity["w"], np.ones(4))
+
+
+def test_inside_scan():
+    tx = gradtx.sgd(0.1, momentum=0.9)
+    params = _tree([(5,), (2, 3)])
+    grads = _grads([(5,), (2, 3)], 0)
+
+    def loop(step):
+        def body(carry, _):
+            return step(*carry, grads), None
+
+        return jax.lax.scan(body, (params, tx.init(params)), None, length=7)[0]
+
+    _assert_identical(loop(gradtx.fused_step(tx)), loop(gradtx.fused_step(tx).plain))
+
+
+def test_vmap_runs_each_batch_row_with_its_own_scalars():
+    """Under vmap the kernel gets batched scalars (here: per-row clip factors)."""
+    tx = gradtx.chain(
+        gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-2, weight_decay=0.1)
+    )
+    shapes = [(6,), (2, 3)]
+    params = jax.vmap(lambda i: _tree(shapes, seed=0, scale=1.0 + i))(jnp.arange(3))
+    grads = jax.vmap(lambda i: _tree(shapes, seed=5, scale=10.0**i))(jnp.arange(3))
+    state = jax.vmap(tx.init)(params)
+    step = gradtx.fused_step(tx)
+    got = jax.jit(jax.vmap(step))(params, state, grads)
+    want = jax.jit(jax.vmap(step.plain))(params, state, grads)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+
+
+def test_no_derivative():
+    tx = gradtx.sgd(0.1)
+    params = {"w": jnp.ones(3)}
+    step = gradtx.fused_step(tx)
+
+    def loss(p):
+        return jnp.sum(step(p, tx.init(p), p)[0]["w"])
+
+    with pytest.raises(ValueError, match="cannot be differentiated"):
+        jax.grad(loss)(params)
+    # the plain step is the differentiable one
+    assert jax.grad(lambda p: jnp.sum(step.plain(p, tx.init(p), p)[0]["w"]))(params)
+
+
+def test_gpu_lowering_takes_the_plain_step():
+    """Lowered for CUDA the step has no CPU kernel in it (checked on a CPU)."""
+    tx = gradtx.adamw(1e-3, weight_decay=0.1)
+    params = _tree([(8,)])
+    state = tx.init(params)
+    traced = jax.jit(gradtx.fused_step(tx)).trace(params, state, params)
+    try:
+        text = traced.lower(lowering_platforms=("cuda",)).as_text()
+    except Exception as error:  # noqa: BLE001 - a jax without cross-lowering
+        pytest.skip(f"cannot lower for cuda here: {error}")
+    assert "gradtx_fused" not in text
+    cpu_text = traced.lower(lowering_platforms=("cpu",)).as_text()
+    assert "gradtx_fused" in cpu_text
+
+
+# ----------------------------------------------------------------------------
+# other dtypes, the switch, errors
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_trees_run_the_plain_step(dtype):
+    tx = gradtx.adam(1e-3)
+    params = jax.tree.map(lambda x: x.astype(dtype), _tree([(4,)]))
+    state = tx.init(params)
+    step = gradtx.fused_step(tx)
+    assert _custom_calls(step, params, state, params) == 0
+    _assert_identical(step(params, state, params), step.plain(params, state, params))
+
+
+def test_empty_tree():
+    tx = gradtx.adam(1e-3)
+    out, state = gradtx.fused_step(tx)({}, tx.init({}), {})
+    assert out == {} and int(state[0].count) == 1
+
+
+def test_environment_switch(monkeypatch):
+    monkeypatch.setenv("GRADTX_FUSED", "0")
+    assert not fused_module.kernel_available()
+    tx = gradtx.adam(1e-3)
+    params = _tree([(4,)])
+    step = gradtx.fused_step(tx)
+    assert _custom_calls(step, params, tx.init(params), params) == 0
+    monkeypatch.delenv("GRADTX_FUSED")
+    # read when a step is traced: a new step (a new jit cache entry) sees it
+    step = gradtx.fused_step(tx)
+    assert _custom_calls(step, params, tx.init(params), params) == 1
+
+
+def test_mismatched_grads_name_the_path():
+    tx = gradtx.adamw(1e-3)
+    params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+    with pytest.raises(ValueError, match="fused_step"):
+        gradtx.fused_step(tx)(params, tx.init(params), {"a": jnp.ones(2)})
+
+
+def test_rejects_a_non_transformation():
+    with pytest.raises(TypeError, match="fused_step"):
+        gradtx.fused_step(lambda g: g)
+
+
+def test_a_state_from_another_chain_gets_the_plain_error():
+    tx = gradtx.adamw(1e-3)
+    params = {"a": jnp.ones(2)}
+    with pytest.raises(ValueError, match="chain"):
+        gradtx.fused_step(tx)(params, (), params)
+
+
+def test_the_cache_directory_is_configurable(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADTX_CACHE_DIR", str(tmp_path))
+    compiler = fused_module._compiler()
+    path = fused_module._build(compiler)
+    assert path.parent == tmp_path and path.exists()
+    assert fused_module._build(compiler) == path  # cached: not rebuilt
+    assert os.listdir(tmp_path) == [path.name]  # no temporary left behind

@@ -699,9 +699,12 @@ written here by it. Each case times a jitted training-free optimizer step,
 `params, state = step(params, state, grads)` with params and state donated,
 for gradtx and optax, next to torch.optim (`foreach=True` and `fused=True`)
 stepping the same tree in place, all in one process and in interleaved
-rounds. Times are medians over the rounds; a ratio is the median of the
-per-round ratios (gradtx's sample over the other's sample of the same round).
-`jax-identity` is a jitted, donated step that returns params and state
+rounds. `gradtx` is the plain step (`tx.update`, then `apply_updates`);
+`gradtx-fused` is the same chain through `gradtx.fused_step`, which on a CPU
+runs one C++ pass over memory and elsewhere is the plain step (see the page
+"Fused step (CPU)"); runs from before it existed have no such column. Times
+are medians over the rounds; a ratio is the median of the per-round ratios
+(gradtx's sample over the other's sample of the same round). `jax-identity` is a jitted, donated step that returns params and state
 untouched: the floor set by calling an executable with that many buffers.
 The bandwidth limit is measured in the same run by streaming kernels
 (in-place read-modify-write and copy, 8 bytes per element); achieved GB/s

@@ -31,7 +31,6 @@ plain path. Set `GRADTX_FUSED=0` to turn the kernel off everywhere.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -241,10 +240,18 @@ def _build(compiler: str) -> Path:
     return target
 
 
-@functools.cache
+_loaded: list[str | None] = []  # filled once: the library's path, or None
+
+
 def _load() -> str | None:
-    """Build, load and register the kernels; None (and one warning) on failure."""
+    """Build, load and register the kernels once; None if that failed.
+
+    A failure warns once when JAX's default backend is the CPU, where the
+    kernel would have run; elsewhere the plain step is what runs anyway.
+    """
     with _lock:
+        if _loaded:
+            return _loaded[0]
         try:
             compiler = _compiler()
             if compiler is None:
@@ -256,15 +263,17 @@ def _load() -> str | None:
                     jax.ffi.pycapsule(getattr(library, symbol)),
                     platform="cpu",
                 )
+            _loaded.append(str(library._name))
         except Exception as error:  # noqa: BLE001 - any failure means plain path
-            warnings.warn(
-                f"gradtx.fused_step: the CPU kernel is unavailable, running the "
-                f"plain step instead ({error})",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return None
-        return str(library._name)
+            _loaded.append(None)
+            if jax.default_backend() == "cpu":
+                warnings.warn(
+                    "gradtx.fused_step: the CPU kernel is unavailable, running "
+                    f"the plain step instead ({error})",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        return _loaded[0]
 
 
 def kernel_available() -> bool:
@@ -330,7 +339,21 @@ class FusedStep:
     """`params, state = step(params, state, grads)`: update and apply at once.
 
     Built by `fused_step`; see there. `fused` says whether the chain has a
-    kernel and `reason` why not when it has none.
+    kernel and `reason` why not when it has none; `plain` is the same step
+    without the kernel (differentiable, any chain, any dtype).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> step = gradtx.fused_step(gradtx.sgd(0.5, momentum=0.9))
+        >>> step.fused, step.reason
+        (True, None)
+        >>> params = {"w": jnp.ones(2)}
+        >>> state = step.tx.init(params)
+        >>> step(params, state, {"w": jnp.array([1.0, -1.0])})[0]
+        {'w': Array([0.5, 1.5], dtype=float32)}
+        >>> gradtx.fused_step(gradtx.adagrad(0.1)).reason.split(";")[0]
+        'no kernel for the chain scale_by_adagrad -> scale_by_learning_rate'
     """
 
     def __init__(self, tx: GradientTransformation) -> None:
@@ -601,7 +624,7 @@ def fused_step(tx: GradientTransformation) -> FusedStep:
         >>> state = tx.init(params)
         >>> params, state = step(params, state, {"w": jnp.array([1.0, -1.0, 0.0])})
         >>> params["w"]
-        Array([0.99899   , 1.00099   , 0.99999   ], dtype=float32)
+        Array([0.99899, 1.00099, 0.99999], dtype=float32)
         >>> gradtx.fused_step(gradtx.rmsprop(1e-3)).fused
         False
     """

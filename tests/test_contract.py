@@ -121,6 +121,9 @@ NOT_FACTORIES = {
     "restore_state",
     "check_state",
     "masks",  # a module of mask helpers, tested in test_masks.py
+    "fused_step",  # a step function, not a transformation: test_fused.py
+    "FusedStep",
+    "fused",
 }
 SCHEDULES = {
     n for n in gradtx.__all__ if n.endswith("_schedule") or n.endswith("_decay")

@@ -472,3 +472,20 @@ def test_the_cache_directory_is_configurable(tmp_path, monkeypatch):
     assert path.parent == tmp_path and path.exists()
     assert fused_module._build(compiler) == path  # cached: not rebuilt
     assert os.listdir(tmp_path) == [path.name]  # no temporary left behind
+
+
+def test_without_a_compiler_the_plain_step_runs(monkeypatch):
+    assert fused_module.kernel_available()
+    saved = list(fused_module._loaded)
+    monkeypatch.setattr(fused_module, "_compiler", lambda: None)
+    fused_module._loaded.clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+            assert not fused_module.kernel_available()
+        tx = gradtx.adam(1e-3)
+        params = _tree([(4,)])
+        step = gradtx.fused_step(tx)
+        assert _custom_calls(step, params, tx.init(params), params) == 0
+    finally:
+        fused_module._loaded[:] = saved
+    assert fused_module.kernel_available()

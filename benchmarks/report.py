@@ -704,8 +704,9 @@ rounds. `gradtx` is the plain step (`tx.update`, then `apply_updates`);
 runs one C++ pass over memory and elsewhere is the plain step (see the page
 "Fused step (CPU)"); runs from before it existed have no such column. Times
 are medians over the rounds; a ratio is the median of the per-round ratios
-(gradtx's sample over the other's sample of the same round). `jax-identity` is a jitted, donated step that returns params and state
-untouched: the floor set by calling an executable with that many buffers.
+(gradtx's sample over the other's sample of the same round). `jax-identity`
+is a jitted, donated step that returns params and state untouched: the floor
+set by calling an executable with that many buffers.
 The bandwidth limit is measured in the same run by streaming kernels
 (in-place read-modify-write and copy, 8 bytes per element); achieved GB/s
 counts only the bytes the algorithm must move (28 B/param for AdamW and Adam,

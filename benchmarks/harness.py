@@ -373,11 +373,13 @@ def jax_contender(
         updates, state = tx.update(grads, state, params)
         return apply_updates(params, updates), state
 
+    init = tx.init
     if own_step:
         step = own_step[0]
+        init = getattr(step, "init", tx.init)
 
     params = _private_copy(params_np)
-    state = _private_copy(tx.init(params))
+    state = _private_copy(init(params))
     return JaxContender(library, library, step, params, state, grads)
 
 

@@ -109,17 +109,26 @@ def _gradtx_fused(name: str) -> tuple[Any, Callable[..., Any], Callable[..., Any
     return tx, apply_updates, gradtx.fused_step(tx)
 
 
+def _gradtx_flat(name: str) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
+    """The fused step with the moments in flat arrays (`flat_moments=True`)."""
+    import gradtx
+
+    tx, apply_updates = _gradtx(name)
+    return tx, apply_updates, gradtx.fused_step(tx, flat_moments=True)
+
+
 # name -> (optimizer name -> (tx, apply_updates[, step])); the order is the
 # column order. A library that returns a third item, `step(params, state,
 # grads) -> (params, state)`, is timed with it instead of `tx.update` followed
-# by `apply_updates`.
+# by `apply_updates`; its state comes from `step.init` where it has one.
 JAX_LIBRARIES: dict[str, Callable[[str], tuple[Any, ...]]] = {
     "gradtx": _gradtx,
     "gradtx-fused": _gradtx_fused,
+    "gradtx-flat": _gradtx_flat,
     "optax": _optax,
 }
 # The contenders whose ratios to every other contender are reported.
-OURS = ("gradtx", "gradtx-fused")
+OURS = ("gradtx", "gradtx-fused", "gradtx-flat")
 
 # torch.optim implementations timed, each a constructor keyword set to True.
 TORCH_IMPLS = ("foreach", "fused")

@@ -163,8 +163,7 @@ def step_table(records: list[dict[str, Any]]) -> list[str]:
         for n in names
         if n not in (*OURS, IDENTITY)
     ]
-    if all(n in names for n in OURS):
-        pairs.append((OURS[1], OURS[0]))
+    pairs += [(mine, OURS[0]) for mine in OURS[1:] if {mine, OURS[0]} <= set(names)]
     header = ["tree", "optimizer", "leaves", "params"]
     header += [f"{n} (ms)" for n in names]
     header += [f"{mine} / {n}" for mine, n in pairs] + ["spread", "max abs Δp"]

@@ -255,27 +255,110 @@ ffi::ErrorOr<float*> InPlace(const ffi::RemainingRets& rets, int64_t index,
   return input;
 }
 
-#define GRADTX_ASSIGN(lhs, expr)                   \
-  auto lhs##_or = (expr);                          \
+#define GRADTX_ASSIGN(lhs, expr)                      \
+  auto lhs##_or = (expr);                             \
   if (!lhs##_or.has_value()) return lhs##_or.error(); \
   float* lhs = *lhs##_or;
+
+// One leaf's buffers: p and g, and where its moments start (in their own
+// buffers, or at an offset into the flat moment buffers). Under jax.vmap
+// batch row r of a leaf's moments starts `moment_row` elements after row 0.
+struct Leaf {
+  float* p;
+  float* g;
+  float* moments[2];
+  int64_t size, moment_row, flags;
+};
+
+// Two layouts, both with every result aliased to its input:
+//
+// - per-leaf moments (`offsets` empty): arguments p, g, m1 .. mk for each
+//   leaf; results p, m1 .. mk for each leaf.
+// - flat moments (`offsets[i]` = where leaf i starts in them): arguments
+//   M1 .. Mk (one buffer each, shared by all leaves), then p, g for each
+//   leaf; results M1 .. Mk, then p for each leaf.
+ffi::Error DecodeLeaves(const ffi::RemainingArgs& args,
+                        const ffi::RemainingRets& rets, int64_t n_moments,
+                        ffi::Span<const int64_t> flags,
+                        ffi::Span<const int64_t> offsets, int64_t rows,
+                        std::vector<Leaf>& leaves) {
+  static const char* kNames[2] = {"first moment", "second moment"};
+  const int64_t n_leaves = static_cast<int64_t>(flags.size());
+  const bool flat = offsets.size() != 0;
+  const int64_t n_in = flat ? 2 : 2 + n_moments;
+  const int64_t n_out = flat ? 1 : 1 + n_moments;
+  const int64_t in0 = flat ? n_moments : 0, out0 = flat ? n_moments : 0;
+  if (static_cast<int64_t>(args.size()) != in0 + n_in * n_leaves ||
+      static_cast<int64_t>(rets.size()) != out0 + n_out * n_leaves ||
+      (flat && static_cast<int64_t>(offsets.size()) != n_leaves)) {
+    return Invalid("kernel called with the wrong number of buffers");
+  }
+  float* flat_moments[2] = {nullptr, nullptr};
+  int64_t flat_size = 0;
+  if (flat) {
+    for (int64_t j = 0; j < n_moments; ++j) {
+      auto buffer = args.get<ffi::AnyBuffer>(j);
+      if (!buffer) return Invalid("bad flat moments");
+      flat_size = static_cast<int64_t>(buffer->element_count());
+      GRADTX_ASSIGN(m, InArg(args, j, flat_size, kNames[j]));
+      GRADTX_ASSIGN(m_out, InPlace(rets, j, m, kNames[j]));
+      (void)m_out;
+      flat_moments[j] = m;
+    }
+    if (flat_size % rows != 0) return Invalid("flat moments split into rows");
+  }
+  leaves.resize(n_leaves);
+  for (int64_t k = 0; k < n_leaves; ++k) {
+    const int64_t a = in0 + n_in * k, r = out0 + n_out * k;
+    auto p_buffer = args.get<ffi::AnyBuffer>(a);
+    if (!p_buffer) return Invalid("bad p");
+    const int64_t size = static_cast<int64_t>(p_buffer->element_count());
+    if (size % rows != 0) return Invalid("a leaf does not split into rows");
+    GRADTX_ASSIGN(p, InArg(args, a, size, "p"));
+    GRADTX_ASSIGN(g, InArg(args, a + 1, size, "g"));
+    GRADTX_ASSIGN(p_out, InPlace(rets, r, p, "p"));
+    (void)p_out;
+    Leaf leaf{p, g, {nullptr, nullptr}, size, size / rows, flags[k]};
+    for (int64_t j = 0; j < n_moments; ++j) {
+      if (flat) {
+        if (offsets[k] < 0 || offsets[k] + size / rows > flat_size / rows) {
+          return Invalid("a leaf lies outside the flat moments");
+        }
+        leaf.moments[j] = flat_moments[j] + offsets[k];
+        leaf.moment_row = flat_size / rows;
+      } else {
+        GRADTX_ASSIGN(m, InArg(args, a + 2 + j, size, kNames[j]));
+        GRADTX_ASSIGN(m_out, InPlace(rets, r + 1 + j, m, kNames[j]));
+        (void)m_out;
+        leaf.moments[j] = m;
+      }
+    }
+    leaves[k] = leaf;
+  }
+  return ffi::Error::Success();
+}
+
+std::vector<int64_t> Sizes(const std::vector<Leaf>& leaves, int64_t* total) {
+  std::vector<int64_t> sizes;
+  *total = 0;
+  for (const Leaf& leaf : leaves) {
+    sizes.push_back(leaf.size);
+    *total += leaf.size;
+  }
+  return sizes;
+}
 
 // ---------------------------------------------------------------------------
 // Handlers.
 
-// Arguments: scalars, then p, g, m, v for each leaf. Results: p, m, v for
-// each leaf, each aliased to its input.
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                     ffi::RemainingArgs args, ffi::RemainingRets rets,
-                    ffi::Span<const int64_t> flags, bool clip, bool nesterov) {
-  const int64_t n_leaves = static_cast<int64_t>(flags.size());
+                    ffi::Span<const int64_t> flags,
+                    ffi::Span<const int64_t> offsets, bool clip,
+                    bool nesterov) {
   auto rows_or = BatchRows(scalars, kAdamScalars);
   if (!rows_or.has_value()) return rows_or.error();
   const int64_t rows = *rows_or;
-  if (static_cast<int64_t>(args.size()) != 4 * n_leaves ||
-      static_cast<int64_t>(rets.size()) != 3 * n_leaves) {
-    return Invalid("adam kernel called with the wrong number of buffers");
-  }
   std::vector<AdamConstants> constants(rows);
   for (int64_t r = 0; r < rows; ++r) {
     const float* s = scalars.typed_data() + r * kAdamScalars;
@@ -285,61 +368,39 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                     s[kAdamNesterovG],  s[kAdamInvC2],      s[kAdamEpsRoot],
                     s[kAdamEps],        s[kAdamDecoupled],  s[kAdamStep]};
   }
-  struct Leaf {
-    float *p, *g, *m, *v;
-    int64_t flags;
-  };
-  std::vector<Leaf> leaves(n_leaves);
-  std::vector<int64_t> sizes(n_leaves);
-  int64_t total = 0;
-  for (int64_t k = 0; k < n_leaves; ++k) {
-    auto p_buffer = args.get<ffi::AnyBuffer>(4 * k);
-    if (!p_buffer) return Invalid("bad p");
-    const int64_t size = static_cast<int64_t>(p_buffer->element_count());
-    if (size % rows != 0) return Invalid("a leaf does not split into batch rows");
-    GRADTX_ASSIGN(p, InArg(args, 4 * k, size, "p"));
-    GRADTX_ASSIGN(g, InArg(args, 4 * k + 1, size, "g"));
-    GRADTX_ASSIGN(m, InArg(args, 4 * k + 2, size, "mu"));
-    GRADTX_ASSIGN(v, InArg(args, 4 * k + 3, size, "nu"));
-    GRADTX_ASSIGN(p_out, InPlace(rets, 3 * k, p, "p"));
-    GRADTX_ASSIGN(m_out, InPlace(rets, 3 * k + 1, m, "mu"));
-    GRADTX_ASSIGN(v_out, InPlace(rets, 3 * k + 2, v, "nu"));
-    (void)p_out, (void)m_out, (void)v_out;
-    leaves[k] = {p, g, m, v, flags[k]};
-    sizes[k] = size;
-    total += size;
+  std::vector<Leaf> leaves;
+  if (auto error = DecodeLeaves(args, rets, 2, flags, offsets, rows, leaves);
+      !error.success()) {
+    return error;
   }
   auto body = [&](const Span& span) {
     const Leaf& L = leaves[span.leaf];
     const int64_t b = span.begin, n = span.end - span.begin;
+    const int64_t row_size = L.size / rows;
+    const int64_t mb = span.row * L.moment_row + (b - span.row * row_size);
     const AdamConstants& c = constants[span.row];
     auto run = [&](auto k_clip, auto k_couple, auto k_decouple, auto k_nesterov) {
       AdamLoop<decltype(k_clip)::value, decltype(k_couple)::value,
                decltype(k_decouple)::value, decltype(k_nesterov)::value>(
-          c, n, L.p + b, L.g + b, L.m + b, L.v + b);
+          c, n, L.p + b, L.g + b, L.moments[0] + mb, L.moments[1] + mb);
     };
     Dispatch4(clip, L.flags & kCoupledDecay, L.flags & kDecoupledDecay,
               nesterov, run);
   };
+  int64_t total = 0;
+  const std::vector<int64_t> sizes = Sizes(leaves, &total);
   ParallelFor(pool, MakeSpans(sizes, rows), total, body);
   return ffi::Error::Success();
 }
 
-// Arguments: scalars, then p, g (and v with momentum) for each leaf.
-// Results: p (and v) for each leaf, each aliased to its input.
 ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                    ffi::RemainingArgs args, ffi::RemainingRets rets,
-                   ffi::Span<const int64_t> flags, bool clip, bool momentum,
+                   ffi::Span<const int64_t> flags,
+                   ffi::Span<const int64_t> offsets, bool clip, bool momentum,
                    bool nesterov) {
-  const int64_t n_leaves = static_cast<int64_t>(flags.size());
-  const int64_t n_in = momentum ? 3 : 2, n_out = momentum ? 2 : 1;
   auto rows_or = BatchRows(scalars, kSgdScalars);
   if (!rows_or.has_value()) return rows_or.error();
   const int64_t rows = *rows_or;
-  if (static_cast<int64_t>(args.size()) != n_in * n_leaves ||
-      static_cast<int64_t>(rets.size()) != n_out * n_leaves) {
-    return Invalid("sgd kernel called with the wrong number of buffers");
-  }
   std::vector<SgdConstants> constants(rows);
   for (int64_t r = 0; r < rows; ++r) {
     const float* s = scalars.typed_data() + r * kSgdScalars;
@@ -347,37 +408,18 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                     s[kSgdCoupled],  s[kSgdMomentum],
                     s[kSgdOneMinusDampening], s[kSgdStep]};
   }
-  struct Leaf {
-    float *p, *g, *v;
-    int64_t flags;
-  };
-  std::vector<Leaf> leaves(n_leaves);
-  std::vector<int64_t> sizes(n_leaves);
-  int64_t total = 0;
-  for (int64_t k = 0; k < n_leaves; ++k) {
-    auto p_buffer = args.get<ffi::AnyBuffer>(n_in * k);
-    if (!p_buffer) return Invalid("bad p");
-    const int64_t size = static_cast<int64_t>(p_buffer->element_count());
-    if (size % rows != 0) return Invalid("a leaf does not split into batch rows");
-    GRADTX_ASSIGN(p, InArg(args, n_in * k, size, "p"));
-    GRADTX_ASSIGN(g, InArg(args, n_in * k + 1, size, "g"));
-    GRADTX_ASSIGN(p_out, InPlace(rets, n_out * k, p, "p"));
-    (void)p_out;
-    float* v = nullptr;
-    if (momentum) {
-      GRADTX_ASSIGN(velocity, InArg(args, n_in * k + 2, size, "velocity"));
-      GRADTX_ASSIGN(v_out, InPlace(rets, n_out * k + 1, velocity, "velocity"));
-      (void)v_out;
-      v = velocity;
-    }
-    leaves[k] = {p, g, v, flags[k]};
-    sizes[k] = size;
-    total += size;
+  std::vector<Leaf> leaves;
+  if (auto error = DecodeLeaves(args, rets, momentum ? 1 : 0, flags, offsets,
+                                rows, leaves);
+      !error.success()) {
+    return error;
   }
   auto body = [&](const Span& span) {
     const Leaf& L = leaves[span.leaf];
     const int64_t b = span.begin, n = span.end - span.begin;
-    float* v = L.v ? L.v + b : nullptr;
+    const int64_t row_size = L.size / rows;
+    const int64_t mb = span.row * L.moment_row + (b - span.row * row_size);
+    float* v = L.moments[0] ? L.moments[0] + mb : nullptr;
     const SgdConstants& c = constants[span.row];
     auto run = [&](auto k_clip, auto k_couple, auto k_momentum, auto k_nesterov) {
       SgdLoop<decltype(k_clip)::value, decltype(k_couple)::value,
@@ -386,6 +428,8 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
     };
     Dispatch4(clip, L.flags & kCoupledDecay, momentum, nesterov, run);
   };
+  int64_t total = 0;
+  const std::vector<int64_t> sizes = Sizes(leaves, &total);
   ParallelFor(pool, MakeSpans(sizes, rows), total, body);
   return ffi::Error::Success();
 }
@@ -399,6 +443,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxFusedAdam, AdamImpl,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<ffi::Span<const int64_t>>("flags")
+                                  .Attr<ffi::Span<const int64_t>>("offsets")
                                   .Attr<bool>("clip")
                                   .Attr<bool>("nesterov"));
 
@@ -409,6 +454,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxFusedSgd, SgdImpl,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<ffi::Span<const int64_t>>("flags")
+                                  .Attr<ffi::Span<const int64_t>>("offsets")
                                   .Attr<bool>("clip")
                                   .Attr<bool>("momentum")
                                   .Attr<bool>("nesterov"));

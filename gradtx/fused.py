@@ -276,6 +276,16 @@ def _load() -> str | None:
         return _loaded[0]
 
 
+def _cpu_only() -> bool:
+    """Whether the CPU is the only backend this process has."""
+    try:
+        from jax.extend.backend import backends
+
+        return set(backends()) == {"cpu"}
+    except Exception:  # noqa: BLE001 - an older jax: trace both branches
+        return False
+
+
 def kernel_available() -> bool:
     """Whether the fused CPU kernel is built and loaded (building it if need be).
 
@@ -356,15 +366,80 @@ class FusedStep:
         'no kernel for the chain scale_by_adagrad -> scale_by_learning_rate'
     """
 
-    def __init__(self, tx: GradientTransformation) -> None:
+    def __init__(self, tx: GradientTransformation, flat_moments: bool = False) -> None:
         """Match `tx` against the kernels (see `fused_step`)."""
         self.tx = tx
+        self.flat_moments = bool(flat_moments)
         try:
             self._plan: _Plan | None = _make_plan(tx)
             self.reason: str | None = None
         except _Unsupported as unsupported:
             self._plan = None
             self.reason = str(unsupported)
+        if self.flat_moments and self._plan is None:
+            raise ValueError(
+                f"fused_step: flat_moments=True needs a chain the kernel runs; "
+                f"{self.reason}"
+            )
+
+    # -- flat moments ---------------------------------------------------------
+
+    def _moment_fields(self) -> list[tuple[_Link, str]]:
+        plan = self._plan
+        assert plan is not None
+        fields = []
+        for role, names in (("adam", ("mu", "nu")), ("momentum", ("velocity",))):
+            link = plan.get(role)
+            if link is not None:
+                fields.extend((link, name) for name in names)
+        return fields
+
+    def init(self, params: Params) -> OptState:
+        """The initial state: `tx.init(params)`, moments flat if so chosen.
+
+        With `flat_moments=True` each moment tree of the chain's state (Adam's
+        `mu` and `nu`, the momentum's `velocity`) is one 1-D array holding
+        the leaves one after another, in the params' flattening order.
+        """
+        state = self.tx.init(params)
+        return self.flat_state(state) if self.flat_moments else state
+
+    def flat_state(self, state: OptState) -> OptState:
+        """The chain's state with every moment tree concatenated into 1-D."""
+        for link, name in self._moment_fields() if self._plan else []:
+            link_state = _get(state, link.path)
+            leaves = [jnp.ravel(x) for x in jax.tree.leaves(getattr(link_state, name))]
+            flat = jnp.concatenate(leaves) if leaves else jnp.zeros([0], jnp.float32)
+            state = _set(state, link.path, link_state._replace(**{name: flat}))
+        return state
+
+    def chain_state(self, state: OptState, params: Params) -> OptState:
+        """The chain's own state from a flat one: each moment shaped like `params`.
+
+        `tx.update`, checkpoints written from the plain step and
+        `gradtx.check_state` all take this form.
+        """
+        leaves, treedef = jax.tree.flatten(params)
+        sizes = [int(np.size(x)) for x in leaves]
+        starts = np.cumsum([0, *sizes])
+        for link, name in self._moment_fields() if self._plan else []:
+            link_state = _get(state, link.path)
+            flat = getattr(link_state, name)
+            shape = np.shape(flat) if hasattr(flat, "shape") else None
+            if shape != (starts[-1],):
+                raise ValueError(
+                    f"fused_step: state.{name} must be a flat array of "
+                    f"{starts[-1]} elements (from step.init), got "
+                    f"{'shape ' + str(shape) if shape else type(flat).__name__}"
+                )
+            tree = treedef.unflatten(
+                [
+                    flat[a:b].reshape(np.shape(x))
+                    for a, b, x in zip(starts[:-1], starts[1:], leaves, strict=True)
+                ]
+            )
+            state = _set(state, link.path, link_state._replace(**{name: tree}))
+        return state
 
     @property
     def fused(self) -> bool:
@@ -378,9 +453,16 @@ class FusedStep:
     def plain(
         self, params: Params, state: OptState, grads: Updates, **extra: Any
     ) -> tuple[Params, OptState]:
-        """The plain step: `tx.update`, then `apply_updates`."""
+        """The plain step: `tx.update`, then `apply_updates`.
+
+        With flat moments the state is unflattened first and flattened again
+        after (slices and a concatenation that XLA adds to the step).
+        """
+        if self.flat_moments:
+            state = self.chain_state(state, params)
         updates, state = self.tx.update(grads, state, params, **extra)
-        return apply_updates(params, updates), state
+        params = apply_updates(params, updates)
+        return params, (self.flat_state(state) if self.flat_moments else state)
 
     def __call__(
         self, params: Params, state: OptState, grads: Updates, **extra: Any
@@ -397,6 +479,11 @@ class FusedStep:
         def plain(params, state, grads):
             return self.plain(params, state, grads, **extra)
 
+        if _cpu_only():
+            # A CPU-only process: the step can only be lowered for the CPU, so
+            # the plain branch is not traced at all (tracing it costs about as
+            # much as the plain step's whole lowering).
+            return fused(params, state, grads)
         # The kernel on CPU; XLA's own fusion elsewhere (one kernel per leaf
         # on a GPU already). The choice is made when the step is lowered.
         return jax.lax.platform_dependent(
@@ -417,13 +504,13 @@ class FusedStep:
                 moments = getattr(link_state, field, None)
                 if moments is None:
                     return False
-                check_same_tree(
-                    f"fused_step ({link.role})",
-                    "grads",
-                    grads,
-                    f"state.{field}",
-                    moments,
-                )
+                if self.flat_moments:
+                    total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+                    if jnp.shape(moments) != (total,):
+                        return False  # the plain path explains the mismatch
+                else:
+                    where = f"fused_step ({link.role})"
+                    check_same_tree(where, "grads", grads, f"state.{field}", moments)
                 arrays.extend(jax.tree.leaves(moments))
         return bool(arrays) and all(
             jnp.result_type(x) == jnp.float32 and not isinstance(x, int | float)
@@ -495,10 +582,8 @@ class FusedStep:
                 nesterov_m, nesterov_g, inv_c2, hp["eps_root"], hp["eps"],
                 decoupled, step,
             ]  # fmt: skip
-            moments = [
-                treedef.flatten_up_to(adam_state.mu),
-                treedef.flatten_up_to(adam_state.nu),
-            ]
+            moments = [self._moment_leaves(adam_state.mu, treedef)]
+            moments.append(self._moment_leaves(adam_state.nu, treedef))
             attrs = {"clip": plan.get("clip") is not None, "nesterov": hp["nesterov"]}
         else:
             momentum = 0.0
@@ -507,7 +592,8 @@ class FusedStep:
             if core is not None:
                 hp = core.tx.hyperparams
                 momentum, dampening = hp["decay"], hp["dampening"]
-                moments = [treedef.flatten_up_to(_get(state, core.path).velocity)]
+                velocity = _get(state, core.path).velocity
+                moments = [self._moment_leaves(velocity, treedef)]
             scalars = [rescale, ratio, coupled, momentum, 1 - dampening, step]
             attrs = {
                 "clip": plan.get("clip") is not None,
@@ -517,20 +603,36 @@ class FusedStep:
 
         scalar_buffer = jnp.stack([_f32(s) for s in scalars])
         new_p, new_moments = _call_kernel(
-            plan.kind, scalar_buffer, p_leaves, g_leaves, moments, flags, attrs
+            plan.kind,
+            scalar_buffer,
+            p_leaves,
+            g_leaves,
+            moments,
+            flags,
+            attrs,
+            self.flat_moments,
         )
 
+        def rebuild(old: Any, new: list[jax.Array]) -> Any:
+            if self.flat_moments:
+                return new[0]
+            return jax.tree.structure(old).unflatten(new)
+
         if plan.kind == "adam":
-            mu = jax.tree.structure(adam_state.mu).unflatten(new_moments[0])
-            nu = jax.tree.structure(adam_state.nu).unflatten(new_moments[1])
+            mu = rebuild(adam_state.mu, new_moments[0])
+            nu = rebuild(adam_state.nu, new_moments[1])
             state = _set(state, core.path, type(adam_state)(count=count, mu=mu, nu=nu))
         elif core is not None:
             velocity_state = _get(state, core.path)
-            velocity = jax.tree.structure(velocity_state.velocity).unflatten(
-                new_moments[0]
-            )
+            velocity = rebuild(velocity_state.velocity, new_moments[0])
             state = _set(state, core.path, velocity_state._replace(velocity=velocity))
         return treedef.unflatten(new_p), state
+
+    def _moment_leaves(self, moments: Any, treedef: Any) -> list[jax.Array]:
+        """Per-leaf moments, or the one flat array (as a one-item list)."""
+        if self.flat_moments:
+            return [jnp.asarray(moments)]
+        return treedef.flatten_up_to(moments)
 
 
 def _call_kernel(
@@ -541,41 +643,68 @@ def _call_kernel(
     moments: list[list[jax.Array]],
     flags: np.ndarray,
     attrs: dict[str, bool],
+    flat: bool,
 ) -> tuple[list[jax.Array], list[list[jax.Array]]]:
-    """Run the kernel over the leaves, `_GROUP` at a time, every output in place."""
+    """Run the kernel over the leaves, `_GROUP` at a time, every output in place.
+
+    Per-leaf moments: `moments[j]` holds moment j of every leaf, and each
+    call takes and returns its group's. Flat moments: `moments[j]` is one
+    array; it goes through the calls one after another, each call updating
+    its group's stretch of it in place.
+    """
     n_moments = len(moments)
+    sizes = [int(np.size(p)) for p in p_leaves]
+    starts = np.cumsum([0, *sizes])[:-1].astype(np.int64)
     new_p: list[jax.Array] = []
     new_moments: list[list[jax.Array]] = [[] for _ in range(n_moments)]
+    current = [m[0] for m in moments] if flat else []
     for start in range(0, len(p_leaves), _GROUP):
         stop = min(start + _GROUP, len(p_leaves))
-        operands: list[jax.Array] = [scalars]
-        results: list[jax.ShapeDtypeStruct] = []
-        aliases: dict[int, int] = {}
+        # (operand, updated in place?) in argument order
+        group: list[tuple[jax.Array, bool]] = [(scalars, False)]
+        if flat:
+            group += [(m, True) for m in current]
         for k in range(start, stop):
-            p = jnp.asarray(p_leaves[k])
-            group = [p, jnp.asarray(g_leaves[k])] + [jnp.asarray(m[k]) for m in moments]
-            out_of = [0] + list(range(2, 2 + n_moments))  # p and the moments
-            for position in out_of:
-                aliases[len(operands) + position] = len(results)
-                results.append(jax.ShapeDtypeStruct(p.shape, jnp.float32))
-            operands.extend(group)
-        # Under jax.vmap every operand gets the batch axis in front (the scalars
-        # too, shape (batch, n)); the kernel then runs row r of each leaf with
-        # row r of the scalars.
+            group += [
+                (jnp.asarray(p_leaves[k]), True),
+                (jnp.asarray(g_leaves[k]), False),
+            ]
+            if not flat:
+                group += [(jnp.asarray(m[k]), True) for m in moments]
+        operands = [operand for operand, _ in group]
+        updated = [i for i, (_, in_place) in enumerate(group) if in_place]
+        results = [
+            jax.ShapeDtypeStruct(operands[i].shape, jnp.float32) for i in updated
+        ]
+        aliases = {i: out for out, i in enumerate(updated)}
+        # Under jax.vmap every operand gets the batch axis in front (the
+        # scalars too, shape (batch, n)); the kernel then runs row r of each
+        # leaf with row r of the scalars.
         outputs = jax.ffi.ffi_call(
             _TARGETS[kind],
             results,
             input_output_aliases=aliases,
             vmap_method="broadcast_all",
-        )(*operands, flags=flags[start:stop], **attrs)
-        width = 1 + n_moments
-        new_p.extend(outputs[0::width])
-        for j in range(n_moments):
-            new_moments[j].extend(outputs[1 + j :: width])
+        )(
+            *operands,
+            flags=flags[start:stop],
+            offsets=starts[start:stop] if flat else np.zeros(0, np.int64),
+            **attrs,
+        )
+        if flat:
+            current = list(outputs[:n_moments])
+            new_p.extend(outputs[n_moments:])
+        else:
+            width = 1 + n_moments
+            new_p.extend(outputs[0::width])
+            for j in range(n_moments):
+                new_moments[j].extend(outputs[1 + j :: width])
+    if flat:
+        new_moments = [[m] for m in current]
     return new_p, new_moments
 
 
-def fused_step(tx: GradientTransformation) -> FusedStep:
+def fused_step(tx: GradientTransformation, *, flat_moments: bool = False) -> FusedStep:
     """The step `tx.update` + `apply_updates`, in one pass over memory on CPU.
 
     `step = fused_step(tx)` is a function with the meaning of::
@@ -604,16 +733,30 @@ def fused_step(tx: GradientTransformation) -> FusedStep:
     the decay. The state is the chain's own, so checkpoints and the plain
     step work with it unchanged.
 
-    The kernel has no derivative (differentiate through the plain step) and
-    runs under `jax.vmap` one batch element at a time. See the module
+    With `flat_moments=True` the moments live in one flat array each
+    instead of one array per leaf: build the state with `step.init(params)`
+    and convert with `step.chain_state(state, params)` / `step.flat_state`.
+    A tree of thousands of small leaves then passes half as many buffers to
+    the compiled step, which is most of such a step's cost. The numbers are
+    the same as with per-leaf moments, bit for bit.
+
+    The kernel has no derivative (differentiate through `step.plain`). Under
+    `jax.vmap` each batch row runs with its own scalars. See the module
     docstring for how it is built and `GRADTX_FUSED=0` to turn it off.
 
     Args:
         tx: Any gradient transformation.
+        flat_moments: Keep the moments in flat arrays (needs a chain the
+            kernel runs; see above).
 
     Returns:
         A `FusedStep`: call it as `params, state = step(params, state, grads)`.
         Its `fused` attribute says whether `tx` has a kernel, `reason` why not.
+
+    Raises:
+        TypeError: If `tx` is not an `(init, update)` pair.
+        ValueError: If `flat_moments` is set for a chain the kernel does not
+            run.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -634,4 +777,4 @@ def fused_step(tx: GradientTransformation) -> FusedStep:
         )
     if not isinstance(tx, GradientTransformation):
         tx = GradientTransformation(*tx)
-    return FusedStep(tx)
+    return FusedStep(tx, flat_moments=flat_moments)

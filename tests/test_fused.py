@@ -398,8 +398,13 @@ def test_no_derivative():
     assert jax.grad(lambda p: jnp.sum(step.plain(p, tx.init(p), p)[0]["w"]))(params)
 
 
-def test_gpu_lowering_takes_the_plain_step():
-    """Lowered for CUDA the step has no CPU kernel in it (checked on a CPU)."""
+def test_gpu_lowering_takes_the_plain_step(monkeypatch):
+    """Lowered for CUDA the step has no CPU kernel in it (checked on a CPU).
+
+    A process with a GPU backend traces both branches and lets the lowering
+    pick; a CPU-only one (this one, really) traces the kernel's alone.
+    """
+    monkeypatch.setattr(fused_module, "_cpu_only", lambda: False)
     tx = gradtx.adamw(1e-3, weight_decay=0.1)
     params = _tree([(8,)])
     state = tx.init(params)
@@ -489,3 +494,102 @@ def test_without_a_compiler_the_plain_step_runs(monkeypatch):
     finally:
         fused_module._loaded[:] = saved
     assert fused_module.kernel_available()
+
+
+# ----------------------------------------------------------------------------
+# flat moments
+
+
+def _run_flat(tx, shapes, steps):
+    step = gradtx.fused_step(tx, flat_moments=True)
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    params = _tree(shapes)
+    state = step.init(params)
+    for k in range(steps):
+        params, state = jitted(params, state, _grads(shapes, k))
+    return params, step.chain_state(state, params)
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_flat_moments_give_the_same_bits(name):
+    tx = CHAINS[name]()
+    _assert_identical(_run_flat(tx, MANY, 8), _run(tx, MANY, 8))
+
+
+def test_flat_state_layout_and_round_trip():
+    tx = gradtx.adamw(1e-3, weight_decay=0.1)
+    step = gradtx.fused_step(tx, flat_moments=True)
+    params = _tree([(2, 3), (4,), ()])
+    state = step.init(params)
+    assert state[0].mu.shape == (11,) and state[0].nu.shape == (11,)
+    chain = step.chain_state(state, params)
+    _assert_identical(chain, tx.init(params))
+    _assert_identical(step.flat_state(chain), state)
+    with pytest.raises(ValueError, match="flat array of 11 elements"):
+        step.chain_state(tx.init(params), params)
+
+
+def test_flat_moments_with_a_plain_fallback():
+    """bfloat16 params: the plain step runs, on the unflattened state."""
+    tx = gradtx.sgd(0.1, momentum=0.9)
+    step = gradtx.fused_step(tx, flat_moments=True)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _tree([(3,), (2, 2)]))
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = step.init(params)
+    assert _custom_calls(step, params, state, grads) == 0
+    new, state = step(params, state, grads)
+    want, want_state = gradtx.fused_step(tx).plain(params, tx.init(params), grads)
+    _assert_identical(new, want)
+    _assert_identical(step.chain_state(state, params), want_state)
+
+
+def test_flat_moments_need_a_kernel():
+    with pytest.raises(ValueError, match="flat_moments"):
+        gradtx.fused_step(gradtx.rmsprop(1e-3), flat_moments=True)
+
+
+def test_flat_moments_update_in_place():
+    tx = gradtx.adam(1e-3)
+    shapes = [(64,)] * 70 + [(128, 128)]
+    params = _tree(shapes)
+    step = gradtx.fused_step(tx, flat_moments=True)
+    state = step.init(params)
+    compiled = (
+        jax.jit(step, donate_argnums=(0, 1))
+        .lower(params, state, _grads(shapes, 0))
+        .compile()
+    )
+    assert " copy(" not in compiled.as_text()
+    assert compiled.memory_analysis().temp_size_in_bytes <= 4096
+    assert (
+        jax.jit(step).lower(params, state, params).as_text().count("gradtx_fused") == 3
+    )
+
+
+def test_flat_moments_under_vmap_and_on_gpu_lowering(monkeypatch):
+    tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adam(1e-2))
+    shapes = [(6,), (2, 3)]
+    step = gradtx.fused_step(tx, flat_moments=True)
+    params = jax.vmap(lambda i: _tree(shapes, scale=1.0 + i))(jnp.arange(3))
+    grads = jax.vmap(lambda i: _tree(shapes, seed=5, scale=10.0**i))(jnp.arange(3))
+    state = jax.vmap(step.init)(params)
+    got = jax.jit(jax.vmap(step))(params, state, grads)
+    want = jax.jit(jax.vmap(step.plain))(params, state, grads)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+    monkeypatch.setattr(fused_module, "_cpu_only", lambda: False)
+    one = _tree(shapes)
+    traced = jax.jit(step).trace(one, step.init(one), one)
+    try:
+        text = traced.lower(lowering_platforms=("cuda",)).as_text()
+    except Exception as error:  # noqa: BLE001 - a jax without cross-lowering
+        pytest.skip(f"cannot lower for cuda here: {error}")
+    assert "gradtx_fused" not in text
+
+
+def test_a_cpu_only_process_traces_the_kernel_alone():
+    assert fused_module._cpu_only()  # the test machine has no accelerator
+    tx = gradtx.adam(1e-3)
+    params = _tree([(4,)])
+    text = jax.jit(gradtx.fused_step(tx)).lower(params, tx.init(params), params)
+    assert "platform_index" not in text.as_text() and "case" not in text.as_text()

@@ -41,11 +41,13 @@ def main() -> int:
         "sgd_momentum": gradtx.sgd(1e-2, momentum=0.9),
     }
     failed = False
-    for name, tx in cases.items():
-        step = gradtx.fused_step(tx)
+    runs = [(name, tx, False) for name, tx in cases.items()]
+    runs += [(f"{name} (flat moments)", tx, True) for name, tx in cases.items()]
+    for name, tx, flat in runs:
+        step = gradtx.fused_step(tx, flat_moments=flat)
         fused = jax.jit(step)
         plain = jax.jit(step.plain)
-        state = tx.init(params)
+        state = step.init(params)
         text = fused.lower(params, state, grads).compile().as_text()
         kernel = "gradtx_fused" in text
         p1, s1, p2, s2 = params, state, params, state

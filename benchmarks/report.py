@@ -700,8 +700,9 @@ for gradtx and optax, next to torch.optim (`foreach=True` and `fused=True`)
 stepping the same tree in place, all in one process and in interleaved
 rounds. `gradtx` is the plain step (`tx.update`, then `apply_updates`);
 `gradtx-fused` is the same chain through `gradtx.fused_step`, which on a CPU
-runs one C++ pass over memory and elsewhere is the plain step (see the page
-"Fused step (CPU)"); runs from before it existed have no such column. Times
+runs one C++ pass over memory and elsewhere is the plain step, and
+`gradtx-flat` the same with `flat_moments=True` (see the page "Fused step
+(CPU)"); runs from before they existed have no such columns. Times
 are medians over the rounds; a ratio is the median of the per-round ratios
 (gradtx's sample over the other's sample of the same round). `jax-identity`
 is a jitted, donated step that returns params and state untouched: the floor

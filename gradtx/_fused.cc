@@ -4,18 +4,19 @@
 // place: it reads p, g and the moments once and writes p and the moments
 // once (28 bytes per float32 parameter for Adam, 20 for SGD with momentum),
 // where XLA:CPU emits three loops per leaf and moves 40. The arithmetic is
-// the plain path's, operation by operation and in the same order, in
-// float32 with no contraction into fused multiply-adds (the build passes
-// -ffp-contract=off), so the results are bit-identical to `tx.update`
-// followed by `apply_updates`.
+// the plain path's, operation by operation, in float32, with the fused
+// multiply-adds and reciprocals that XLA:CPU itself uses (see Madd below);
+// the build passes -ffp-contract=off so that no other contraction happens.
 //
 // The per-step scalars (bias corrections, learning rate, decay, clipping
 // factors) are computed by gradtx in JAX, exactly as the plain path computes
-// them, and arrive in one small float32 buffer. Which leaves are decayed is a
-// static attribute. Every result is aliased to its input (XLA copies an
-// input first when it cannot be overwritten), so the loops run in place.
-// The work is cut into chunks of at most kChunk elements, which the calling
-// thread and the threads of XLA's intra-op pool take one at a time.
+// them, and arrive in one small float32 buffer (one row per batch element
+// under jax.vmap). Which leaves are decayed is a static attribute, and so is
+// where each leaf's moments start when they live in flat arrays. Every
+// result is aliased to its input (XLA copies an input first when it cannot
+// be overwritten), so the loops run in place. The work is cut into chunks
+// of at most kChunk elements, which the calling thread and the threads of
+// XLA's intra-op pool take one at a time.
 //
 // Built on first use by gradtx/fused.py with the system C++ compiler,
 // against the XLA FFI headers that jaxlib ships.

@@ -17,15 +17,21 @@ with or without momentum, Adam, AdamW, Adam with coupled L2, each with an
 optional `clip_by_global_norm` in front) and float32 trees on a single CPU
 device, it runs the whole step as a few calls of a small C++ kernel that
 visits each element once, on all the cores XLA uses. The arithmetic is the
-plain path's, operation by operation, so the results are bit-identical. For
-anything else (another chain, another dtype, a GPU or TPU, a tree sharded
-over several devices) it runs the plain step, which is what it means.
+plain path's, operation by operation, including the fused multiply-adds and
+reciprocals XLA:CPU uses: the moments are bit-identical, and so are the
+parameters except where XLA rounds the plain step of a many-leaf tree
+differently from leaf to leaf (then they agree to float32 round-off; see
+docs/fused.md). For anything else (another chain, another dtype, a GPU or
+TPU, a tree sharded over several devices) it runs the plain step, which is
+what it means. `flat_moments=True` keeps each moment in one flat array, so
+that a tree of many small leaves passes half as many buffers to the step.
 
 The kernel (`gradtx/_fused.cc`) is compiled on first use with the system
 C++ compiler (`$CXX`, else `c++`, `g++` or `clang++`) against the XLA FFI
 headers that jaxlib ships, and cached in `$GRADTX_CACHE_DIR` (default
 `~/.cache/gradtx`). Without a compiler the step warns once and runs the
-plain path. Set `GRADTX_FUSED=0` to turn the kernel off everywhere.
+plain path. Set `GRADTX_FUSED=0` to turn the kernel off (it is read when a
+step is traced).
 """
 
 from __future__ import annotations
@@ -206,7 +212,7 @@ def _build(compiler: str) -> Path:
         "-shared",
         "-fPIC",
         "-pthread",
-        "-ffp-contract=off",  # no fused multiply-adds: bit-identical to XLA
+        "-ffp-contract=off",  # fused multiply-adds only where the source says
         "-fno-math-errno",  # lets sqrt vectorise; results are unchanged
     ]
     source = _SOURCE.read_bytes()
@@ -506,7 +512,7 @@ class FusedStep:
                     return False
                 if self.flat_moments:
                     total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-                    if jnp.shape(moments) != (total,):
+                    if getattr(moments, "shape", None) != (total,):
                         return False  # the plain path explains the mismatch
                 else:
                     where = f"fused_step ({link.role})"
@@ -713,7 +719,11 @@ def fused_step(tx: GradientTransformation, *, flat_moments: bool = False) -> Fus
             updates, state = tx.update(grads, state, params)
             return apply_updates(params, updates), state
 
-    and the same results, bit for bit. When `tx` is one of the chains below,
+    and the same results: bit for bit for SGD and for any chain on a
+    one-leaf tree; for Adam on a tree of many leaves the moments are
+    bit-identical and the parameters agree to float32 round-off (XLA itself
+    rounds the plain step differently from one tree to another). When `tx`
+    is one of the chains below,
     the trees are float32 and the step is lowered for a single CPU device, it
     runs as a C++ kernel that reads each parameter, gradient and moment once
     and writes each once, in place when params and state are donated

@@ -593,3 +593,11 @@ def test_a_cpu_only_process_traces_the_kernel_alone():
     params = _tree([(4,)])
     text = jax.jit(gradtx.fused_step(tx)).lower(params, tx.init(params), params)
     assert "platform_index" not in text.as_text() and "case" not in text.as_text()
+
+
+def test_a_per_leaf_state_given_to_a_flat_step_is_refused():
+    tx = gradtx.adamw(1e-3)
+    params = _tree([(3,), (2, 2)])
+    step = gradtx.fused_step(tx, flat_moments=True)
+    with pytest.raises(ValueError, match="flat array of 7 elements"):
+        step(params, tx.init(params), params)

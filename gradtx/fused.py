@@ -722,10 +722,11 @@ def fused_step(tx: GradientTransformation, *, flat_moments: bool = False) -> Fus
     and the same results: bit for bit for SGD and for any chain on a
     one-leaf tree; for Adam on a tree of many leaves the moments are
     bit-identical and the parameters agree to float32 round-off (XLA itself
-    rounds the plain step differently from one tree to another). When `tx`
-    is one of the chains below,
-    the trees are float32 and the step is lowered for a single CPU device, it
-    runs as a C++ kernel that reads each parameter, gradient and moment once
+    rounds the plain step differently from one tree to another).
+
+    When `tx` is one of the chains below, the trees are float32 and the step
+    is lowered for a single CPU device, it runs as a C++ kernel that reads
+    each parameter, gradient and moment once
     and writes each once, in place when params and state are donated
     (`jax.jit(step, donate_argnums=(0, 1))`; they come in and go out in the
     same order, so each output takes its own input's buffer). Everything

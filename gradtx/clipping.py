@@ -128,7 +128,11 @@ def _scaled_norm(tree: Updates) -> tuple[jax.Array, jax.Array]:
         c = jnp.where(total == jnp.inf, down, up).astype(real)
 
         def scaled(x: jax.Array) -> jax.Array:
-            return jnp.sum(abs_sq(x.astype(dtype) * c))
+            # Each leaf takes c through its own barrier: a c shared by the
+            # leaves of one shape becomes one broadcast that XLA:CPU
+            # materialises (a leaf of scratch per shape) instead of fusing.
+            x, c_x = jax.lax.optimization_barrier((x, c))
+            return jnp.sum(abs_sq(x.astype(dtype) * c_x))
 
         return jnp.sqrt(_sum_over_leaves(scaled, leaves)), c
 

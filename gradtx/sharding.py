@@ -236,8 +236,10 @@ def _sum_over_leaves(leaf_sum: Any, leaves: list[Any]) -> jax.Array:
     return sum_once(*leaves)
 
 
-# Leaves with at most this many elements are summed together (on one device).
+# Leaves with at most this many elements are summed together (on one device),
+# in pieces of at most `_PIECE` elements.
 _SMALL_LEAF = 1 << 14
+_PIECE = 1 << 15
 
 
 def _grouped_sum(leaf_sum: Any, leaves: list[Any]) -> jax.Array:
@@ -246,22 +248,38 @@ def _grouped_sum(leaf_sum: Any, leaves: list[Any]) -> jax.Array:
     Thousands of small reductions feeding one scalar that every leaf's update
     then reads take XLA superlinear time to compile (20 s for 2000 leaves of
     1024 elements, 60 s for 3000). On a single device the small leaves of
-    each dtype are raveled and concatenated into one array, a copy of a few
-    hundred kilobytes at most per thousand leaves, and summed in one
-    reduction; large leaves are summed one by one, read once. With several
-    devices the leaves are left apart, so that no concatenation gathers
-    shards.
+    each dtype are raveled and concatenated into pieces of at most `_PIECE`
+    elements, each summed in one reduction. Each piece starts with a zero
+    computed from the previous piece's sum, so it is copied only once that
+    sum is taken: the pieces take turns in one scratch buffer of 128 KB
+    (float32) instead of holding a copy of every small leaf at once.
+    `leaf_sum` must count a zero element as nothing. Large leaves are summed
+    one by one, read once. With several devices the leaves are left apart,
+    so that no concatenation gathers shards.
     """
     if jax.device_count() > 1:
         return functools.reduce(operator.add, [leaf_sum(x) for x in leaves])
-    parts, small = [], {}
+    parts, pieces = [], {}
     for x in leaves:
-        if x.size <= _SMALL_LEAF:
-            small.setdefault(jnp.result_type(x), []).append(jnp.ravel(x))
-        else:
+        if x.size > _SMALL_LEAF:
             parts.append(leaf_sum(x))
-    for group in small.values():
-        parts.append(leaf_sum(group[0] if len(group) == 1 else jnp.concatenate(group)))
+            continue
+        dtype_pieces = pieces.setdefault(jnp.result_type(x), [])
+        if not dtype_pieces or dtype_pieces[-1][0] + x.size > _PIECE:
+            dtype_pieces.append([0, []])
+        dtype_pieces[-1][0] += x.size
+        dtype_pieces[-1][1].append(x)
+    previous = None
+    for dtype_pieces in pieces.values():
+        for _, piece in dtype_pieces:
+            flat = [jnp.ravel(x) for x in piece]
+            if previous is not None:
+                # min(|s|, 0) is 0, or NaN when s is (the total is NaN then
+                # anyway); XLA cannot fold it, so the copy waits for s.
+                zero = jnp.minimum(jnp.abs(previous), 0).astype(flat[0].dtype)
+                flat.insert(0, zero[None])
+            previous = leaf_sum(flat[0] if len(flat) == 1 else jnp.concatenate(flat))
+            parts.append(previous)
     return functools.reduce(operator.add, parts)
 
 

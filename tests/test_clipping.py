@@ -87,3 +87,57 @@ def test_clipping_a_tree_whose_norm_overflows_float32():
     np.testing.assert_allclose(u["a"], [np.sqrt(2.0), -np.sqrt(2.0)], rtol=1e-6)
     assert float(u["b"][0]) < 1e-37
     assert float(gradtx.global_norm(grads)) == np.inf
+
+
+def _many_leaves(scale=1.0, seed=0):
+    """Small leaves spanning several summation pieces, and large leaves of one
+    shape (whose overflow fallback must not share a broadcast)."""
+    rng = np.random.default_rng(seed)
+    shapes = [(100,)] * 700 + [(3, 50)] * 40 + [(256, 256)] * 3
+    return [jnp.asarray(rng.normal(size=s) * scale, jnp.float32) for s in shapes]
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_global_norm_of_many_leaves_is_exact(scale):
+    tree = _many_leaves(scale)
+    want = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in tree))
+    np.testing.assert_allclose(jax.jit(gradtx.global_norm)(tree), want, rtol=2e-6)
+
+
+@pytest.mark.parametrize("where", [0, 350, 699, 720, 741])
+def test_a_nan_or_inf_in_any_piece_reaches_the_norm(where):
+    tree = _many_leaves()
+    norm = jax.jit(gradtx.global_norm)
+    for bad, check in ((jnp.nan, np.isnan), (jnp.inf, np.isposinf)):
+        hurt = list(tree)
+        hurt[where] = hurt[where].at[(0,) * hurt[where].ndim].set(bad)
+        assert check(float(norm(hurt))), (where, bad)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_clipped_step_needs_no_more_than_a_leaf_of_scratch(fused):
+    # With params and state donated, the step may allocate at most one leaf
+    # beyond its arguments: no copy of the clipped gradient, the small leaves
+    # summed through one reused buffer, and nothing leaf-sized for the
+    # overflow fallback.
+    grads = _many_leaves()
+    params = [jnp.zeros_like(g) for g in grads]
+    tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-3))
+
+    def plain(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return gradtx.apply_updates(params, updates), state
+
+    step = gradtx.fused_step(tx) if fused else plain
+    compiled = (
+        jax.jit(step, donate_argnums=(0, 1))
+        .lower(params, tx.init(params), grads)
+        .compile()
+    )
+    memory = compiled.memory_analysis()
+    extra = (
+        memory.temp_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
+    assert extra <= 256 * 256 * 4

@@ -575,9 +575,8 @@ def test_flat_moments_update_in_place():
         .compile()
     )
     assert " copy(" not in compiled.as_text()
-    assert (
-        compiled.memory_analysis().temp_size_in_bytes <= 16384
-    )  # scalars and their priced copies
+    # the scalars and their priced copies only
+    assert compiled.memory_analysis().temp_size_in_bytes <= 16384
     assert (
         jax.jit(step).lower(params, state, params).as_text().count("gradtx_fused") == 3
     )

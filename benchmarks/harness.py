@@ -702,16 +702,19 @@ def measure_bandwidth(
 ) -> dict[str, Any]:
     """GB/s of streaming kernels over `size` float32 scalars.
 
-    Every kernel reads and writes each element once (8 bytes per element):
-    a jitted, donated, in-place `x * a + b` on the JAX device; NumPy's
-    `np.multiply(x, a, out=x)` on the host (one thread); and, on the torch
-    device when there is one, torch's in-place `x.mul_(a)` and its copy
-    `y.copy_(x)` (what a device-to-device copy moves). A sample is a batch of
-    calls issued back to back and waited for once, long enough (about 20 ms)
-    that the wait and the Python dispatch do not count: on a GPU one call
-    over a few GB lasts under a millisecond. The kernels run in interleaved
-    rounds; the median of each is reported. The limit is the fastest kernel
-    on the device JAX runs on.
+    The update kernels read and write each element once (8 bytes per
+    element): a jitted, donated, in-place `x * a + b` on the JAX device;
+    NumPy's `np.multiply(x, a, out=x)` on the host (one thread); and, on the
+    torch device when there is one, torch's in-place `x.mul_(a)` and its copy
+    `y.copy_(x)` (what a device-to-device copy moves). The read kernels only
+    read each element (4 bytes): a jitted `sum(x * x)` and torch's
+    `dot(x, x)`, what the global norm of a gradient costs. A sample is a batch
+    of calls issued back to back and waited for once, long enough (about
+    20 ms) that the wait and the Python dispatch do not count: on a GPU one
+    call over a few GB lasts under a millisecond. The kernels run in
+    interleaved rounds; the median of each is reported. The limit is the
+    fastest update kernel on the device JAX runs on, the read limit the
+    fastest read kernel there.
 
     Args:
         size: Number of float32 elements in the buffer.
@@ -719,12 +722,15 @@ def measure_bandwidth(
         log: Called with one line of progress at a time.
 
     Returns:
-        A dict: `size`, `bytes_per_call`, `kernels` (name -> {gbs, median_s,
-        calls_per_sample, where}), `limit_gbs` and `limit_kernel`.
+        A dict: `size`, `bytes_per_call` (of an update kernel), `kernels`
+        (name -> {gbs, median_s, calls_per_sample, where, bytes_per_call,
+        reads_only}), `limit_gbs`, `limit_kernel`, `read_gbs` and
+        `read_kernel`.
     """
     nbytes = 8 * size
     # Each kernel runs `calls` back to back and waits once.
     kernels: dict[str, tuple[Callable[[int], None], str]] = {}
+    reads_only: set[str] = set()  # kernels that move 4 bytes per element
 
     state = {"x": jnp.ones((size,), jnp.float32)}
     rmw = jax.jit(
@@ -738,6 +744,18 @@ def measure_bandwidth(
         state["x"] = x.block_until_ready()
 
     kernels["jax x*a+b (donated)"] = (run_jax, "device")
+
+    sum_sq = jax.jit(lambda x: jnp.sum(x * x))
+
+    def run_jax_read(calls: int) -> None:
+        x = state["x"]
+        total = None
+        for _ in range(calls):
+            total = sum_sq(x)
+        jax.block_until_ready(total)
+
+    kernels["jax sum(x*x)"] = (run_jax_read, "device")
+    reads_only.add("jax sum(x*x)")
 
     host = np.ones((size,), np.float32)
     factor = np.float32(0.9999)
@@ -770,8 +788,16 @@ def measure_bandwidth(
                 target.copy_(tensor)
             wait()
 
+        def run_dot(calls: int) -> None:
+            for _ in range(calls):
+                total = torch.dot(tensor, tensor)
+            wait()
+            del total
+
         kernels[f"torch mul_ ({dev})"] = (run_torch, "device")
         kernels[f"torch copy_ ({dev})"] = (run_copy, "device")
+        kernels[f"torch dot ({dev})"] = (run_dot, "device")
+        reads_only.add(f"torch dot ({dev})")
 
     calls: dict[str, int] = {}
     for name, (fn, _) in kernels.items():
@@ -789,14 +815,22 @@ def measure_bandwidth(
     out: dict[str, Any] = {"size": size, "bytes_per_call": nbytes, "kernels": {}}
     for name, (_, where) in kernels.items():
         median = statistics.median(times[name])
+        moved = nbytes // 2 if name in reads_only else nbytes
         out["kernels"][name] = {
             "median_s": median,
-            "gbs": nbytes / median / 1e9,
+            "gbs": moved / median / 1e9,
             "calls_per_sample": calls[name],
             "where": where,
+            "bytes_per_call": moved,
+            "reads_only": name in reads_only,
         }
-        log(f"  {name:26s} {nbytes / median / 1e9:7.2f} GB/s ({where})")
-    on_device = {k: v for k, v in out["kernels"].items() if v["where"] == "device"}
-    best = max(on_device, key=lambda k: on_device[k]["gbs"])
-    out["limit_gbs"], out["limit_kernel"] = on_device[best]["gbs"], best
+        log(f"  {name:26s} {moved / median / 1e9:7.2f} GB/s ({where})")
+    for key, reading in (("limit", False), ("read", True)):
+        on_device = {
+            k: v
+            for k, v in out["kernels"].items()
+            if v["where"] == "device" and v["reads_only"] == reading
+        }
+        best = max(on_device, key=lambda k: on_device[k]["gbs"])
+        out[f"{key}_gbs"], out[f"{key}_kernel"] = on_device[best]["gbs"], best
     return out

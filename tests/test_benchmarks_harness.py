@@ -178,6 +178,44 @@ def test_measure_bandwidth_reports_a_limit():
     assert result["limit_gbs"] > 0
     assert result["limit_kernel"] in result["kernels"]
     assert all(k["calls_per_sample"] >= 1 for k in result["kernels"].values())
+    # the read-only kernels move 4 bytes per element and give the read limit
+    reading = result["kernels"]["jax sum(x*x)"]
+    assert reading["reads_only"] and reading["bytes_per_call"] == 4 * 2**14
+    assert not result["kernels"][result["limit_kernel"]]["reads_only"]
+    assert result["kernels"][result["read_kernel"]]["reads_only"]
+    assert result["read_gbs"] > 0
+
+
+def test_clip_target_shows_the_read_bound_floor():
+    def case(optimizer, seconds):
+        return {
+            "key": f"one-big/{optimizer}",
+            "tree": "one-big",
+            "optimizer": optimizer,
+            "run": "r",
+            "n_leaves": 1,
+            "n_params": 10**9,
+            "largest_leaf_bytes": 4 * 10**9,
+            "contenders": {"gradtx": {"status": "ok", "median_s": seconds}},
+            "ratios": {},
+        }
+
+    bandwidth = {"limit_gbs": 80.0, "read_gbs": 40.0, "kernels": {}}
+    run = {"machine": {"jax_platform": "cpu"}, "bandwidth": {"end": bandwidth}}
+    records = [case("adamw", 0.4), case("clip_adamw", 0.6)]
+    rows = {row[0]: row[1:] for row in report.target_rows(records, {"r": run})}
+    # reading 4 GB at 40 GB/s takes 0.1 s: at best 1.25x a 0.4 s AdamW step
+    assert rows["clip + AdamW one-big: gradtx over gradtx AdamW <= 1.2"] == [
+        "1.50x (read-bound floor 1.25x)",
+        "no",
+    ]
+    # a run from before the read kernels: no floor
+    del bandwidth["read_gbs"]
+    rows = {row[0]: row[1:] for row in report.target_rows(records, {"r": run})}
+    assert rows["clip + AdamW one-big: gradtx over gradtx AdamW <= 1.2"] == [
+        "1.50x",
+        "no",
+    ]
 
 
 def test_command_line_writes_results_page_and_plots(tmp_path, capsys, monkeypatch):

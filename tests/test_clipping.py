@@ -141,3 +141,24 @@ def test_clipped_step_needs_no_more_than_a_leaf_of_scratch(fused):
         - memory.alias_size_in_bytes
     )
     assert extra <= 256 * 256 * 4
+
+
+def test_global_norm_of_small_leaves_of_several_dtypes():
+    # Each dtype's small leaves are summed in pieces of their own, chained one
+    # after the other; the zero that chains them must add nothing.
+    rng = np.random.default_rng(3)
+    tree = {
+        "f32": [jnp.asarray(rng.normal(size=300), jnp.float32) for _ in range(250)],
+        "bf16": [jnp.asarray(rng.normal(size=300), jnp.bfloat16) for _ in range(250)],
+        "c64": [
+            jnp.asarray(rng.normal(size=300) + 1j * rng.normal(size=300), jnp.complex64)
+            for _ in range(250)
+        ],
+    }
+    want = np.sqrt(
+        sum(
+            np.sum(np.abs(np.asarray(x, np.complex128)) ** 2)
+            for x in jax.tree.leaves(tree)
+        )
+    )
+    np.testing.assert_allclose(jax.jit(gradtx.global_norm)(tree), want, rtol=2e-6)

@@ -339,14 +339,25 @@ ffi::Error DecodeLeaves(const ffi::RemainingArgs& args,
   return ffi::Error::Success();
 }
 
-std::vector<int64_t> Sizes(const std::vector<Leaf>& leaves, int64_t* total) {
+// Run run(leaf, row, offset into p and g, count, offset into the moments)
+// over every chunk of every leaf, on the calling thread and XLA's pool.
+template <typename Run>
+void ForEachChunk(ffi::ThreadPool& pool, const std::vector<Leaf>& leaves,
+                  int64_t rows, const Run& run) {
   std::vector<int64_t> sizes;
-  *total = 0;
+  int64_t total = 0;
   for (const Leaf& leaf : leaves) {
     sizes.push_back(leaf.size);
-    *total += leaf.size;
+    total += leaf.size;
   }
-  return sizes;
+  auto body = [&](const Span& span) {
+    const Leaf& L = leaves[span.leaf];
+    const int64_t row_size = L.size / rows;
+    const int64_t mb =
+        span.row * L.moment_row + (span.begin - span.row * row_size);
+    run(L, span.row, span.begin, span.end - span.begin, mb);
+  };
+  ParallelFor(pool, MakeSpans(sizes, rows), total, body);
 }
 
 // ---------------------------------------------------------------------------
@@ -374,12 +385,9 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
       !error.success()) {
     return error;
   }
-  auto body = [&](const Span& span) {
-    const Leaf& L = leaves[span.leaf];
-    const int64_t b = span.begin, n = span.end - span.begin;
-    const int64_t row_size = L.size / rows;
-    const int64_t mb = span.row * L.moment_row + (b - span.row * row_size);
-    const AdamConstants& c = constants[span.row];
+  ForEachChunk(pool, leaves, rows, [&](const Leaf& L, int64_t row, int64_t b,
+                                       int64_t n, int64_t mb) {
+    const AdamConstants& c = constants[row];
     auto run = [&](auto k_clip, auto k_couple, auto k_decouple, auto k_nesterov) {
       AdamLoop<decltype(k_clip)::value, decltype(k_couple)::value,
                decltype(k_decouple)::value, decltype(k_nesterov)::value>(
@@ -387,10 +395,7 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
     };
     Dispatch4(clip, L.flags & kCoupledDecay, L.flags & kDecoupledDecay,
               nesterov, run);
-  };
-  int64_t total = 0;
-  const std::vector<int64_t> sizes = Sizes(leaves, &total);
-  ParallelFor(pool, MakeSpans(sizes, rows), total, body);
+  });
   return ffi::Error::Success();
 }
 
@@ -415,23 +420,17 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
       !error.success()) {
     return error;
   }
-  auto body = [&](const Span& span) {
-    const Leaf& L = leaves[span.leaf];
-    const int64_t b = span.begin, n = span.end - span.begin;
-    const int64_t row_size = L.size / rows;
-    const int64_t mb = span.row * L.moment_row + (b - span.row * row_size);
+  ForEachChunk(pool, leaves, rows, [&](const Leaf& L, int64_t row, int64_t b,
+                                       int64_t n, int64_t mb) {
     float* v = L.moments[0] ? L.moments[0] + mb : nullptr;
-    const SgdConstants& c = constants[span.row];
+    const SgdConstants& c = constants[row];
     auto run = [&](auto k_clip, auto k_couple, auto k_momentum, auto k_nesterov) {
       SgdLoop<decltype(k_clip)::value, decltype(k_couple)::value,
               decltype(k_momentum)::value, decltype(k_nesterov)::value>(
           c, n, L.p + b, L.g + b, v);
     };
     Dispatch4(clip, L.flags & kCoupledDecay, momentum, nesterov, run);
-  };
-  int64_t total = 0;
-  const std::vector<int64_t> sizes = Sizes(leaves, &total);
-  ParallelFor(pool, MakeSpans(sizes, rows), total, body);
+  });
   return ffi::Error::Success();
 }
 

@@ -503,21 +503,18 @@ class FusedStep:
         if jax.device_count() != 1 or not _state_fits(plan, state):
             return False
         arrays = [*jax.tree.leaves(params), *jax.tree.leaves(grads)]
-        for role, field in (("adam", "mu"), ("adam", "nu"), ("momentum", "velocity")):
-            link = plan.get(role)
-            if link is not None:
-                link_state = _get(state, link.path)
-                moments = getattr(link_state, field, None)
-                if moments is None:
-                    return False
-                if self.flat_moments:
-                    total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-                    if getattr(moments, "shape", None) != (total,):
-                        return False  # the plain path explains the mismatch
-                else:
-                    where = f"fused_step ({link.role})"
-                    check_same_tree(where, "grads", grads, f"state.{field}", moments)
-                arrays.extend(jax.tree.leaves(moments))
+        total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+        for link, field in self._moment_fields():
+            moments = getattr(_get(state, link.path), field, None)
+            if moments is None:
+                return False
+            if self.flat_moments:
+                if getattr(moments, "shape", None) != (total,):
+                    return False  # the plain path explains the mismatch
+            else:
+                where = f"fused_step ({link.role})"
+                check_same_tree(where, "grads", grads, f"state.{field}", moments)
+            arrays.extend(jax.tree.leaves(moments))
         return bool(arrays) and all(
             jnp.result_type(x) == jnp.float32 and not isinstance(x, int | float)
             for x in arrays

@@ -18,11 +18,16 @@
 // of at most kChunk elements, which the calling thread and the threads of
 // XLA's intra-op pool take one at a time.
 //
+// A third handler, NormImpl, stands in for the out-of-range branch of the
+// clip's global norm (gradtx/clipping.py), so that the step needs no
+// lax.cond over every gradient leaf.
+//
 // Built on first use by gradtx/fused.py with the system C++ compiler,
 // against the XLA FFI headers that jaxlib ships.
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -151,6 +156,7 @@ void Dispatch4(bool a, bool b, bool c, bool d, F&& f) {
 // jax.vmap, row r of every leaf uses row r of the scalars).
 struct Span {
   int64_t leaf, row, begin, end;
+  int64_t index;  // position in the list of spans
 };
 
 std::vector<Span> MakeSpans(const std::vector<int64_t>& sizes, int64_t rows) {
@@ -160,7 +166,9 @@ std::vector<Span> MakeSpans(const std::vector<int64_t>& sizes, int64_t rows) {
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t row_end = (row + 1) * row_size;
       for (int64_t begin = row * row_size; begin < row_end; begin += kChunk) {
-        spans.push_back({leaf, row, begin, std::min(row_end, begin + kChunk)});
+        const int64_t index = static_cast<int64_t>(spans.size());
+        spans.push_back(
+            {leaf, row, begin, std::min(row_end, begin + kChunk), index});
       }
     }
   }
@@ -434,6 +442,68 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
   return ffi::Error::Success();
 }
 
+// The global norm of the gradients when the float32 sum of their squares
+// that XLA took first (`totals`, one per batch row) came out as inf or below
+// the smallest normal number: the out-of-range branch of
+// gradtx.clipping._scaled_norm. The squares are summed in float64, where no
+// float32 square overflows or underflows, and the norm is returned as
+// (root, scale) = (norm * c, c), c = `down` for an overflow and `up` for an
+// underflow, so that root stays finite. Rows in range are left to the caller
+// (it takes sqrt(total) itself); when no row is out of range, which is the
+// common case, the gradients are not read at all.
+ffi::Error NormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> totals,
+                    ffi::RemainingArgs args, ffi::ResultBuffer<ffi::F32> out,
+                    float down, float up) {
+  const int64_t rows = static_cast<int64_t>(totals.element_count());
+  if (rows == 0 || static_cast<int64_t>(out->element_count()) != 2 * rows) {
+    return Invalid("norm kernel called with the wrong shapes");
+  }
+  const float* total = totals.typed_data();
+  float* root_scale = out->typed_data();
+  std::vector<bool> redo(rows);
+  bool any = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    redo[r] = total[r] == INFINITY || total[r] < FLT_MIN;
+    any = any || redo[r];
+    root_scale[2 * r] = 0.0f;
+    root_scale[2 * r + 1] = 1.0f;
+  }
+  if (!any) return ffi::Error::Success();
+  std::vector<const float*> data;
+  std::vector<int64_t> sizes;
+  int64_t count = 0;
+  for (int64_t k = 0; k < static_cast<int64_t>(args.size()); ++k) {
+    auto buffer = args.get<ffi::AnyBuffer>(k);
+    if (!buffer || buffer->element_type() != ffi::DataType::F32) {
+      return Invalid("the norm kernel takes float32 gradients");
+    }
+    sizes.push_back(static_cast<int64_t>(buffer->element_count()));
+    if (sizes.back() % rows != 0) return Invalid("a leaf does not split into rows");
+    data.push_back(static_cast<const float*>(buffer->untyped_data()));
+    count += sizes.back();
+  }
+  std::vector<Span> spans = MakeSpans(sizes, rows);
+  std::vector<double> partial(spans.size(), 0.0);
+  ParallelFor(pool, spans, count, [&](const Span& span) {
+    if (!redo[span.row]) return;
+    double sum = 0.0;
+    for (int64_t i = span.begin; i < span.end; ++i) {
+      const double x = data[span.leaf][i];
+      sum += x * x;
+    }
+    partial[span.index] = sum;
+  });
+  std::vector<double> squares(rows, 0.0);
+  for (const Span& span : spans) squares[span.row] += partial[span.index];
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!redo[r]) continue;
+    const float c = total[r] == INFINITY ? down : up;
+    root_scale[2 * r] = static_cast<float>(std::sqrt(squares[r]) * c);
+    root_scale[2 * r + 1] = c;
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxFusedAdam, AdamImpl,
@@ -458,3 +528,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxFusedSgd, SgdImpl,
                                   .Attr<bool>("clip")
                                   .Attr<bool>("momentum")
                                   .Attr<bool>("nesterov"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxScaledNorm, NormImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("down")
+                                  .Attr<float>("up"));

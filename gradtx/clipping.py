@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -17,6 +19,11 @@ from gradtx.base import (
     described,
 )
 from gradtx.sharding import _sum_over_leaves
+
+# (total, leaves, down, up) -> (root, scale): see `_scaled_norm`.
+Rescaler = Callable[
+    [jax.Array, list[jax.Array], float, float], tuple[jax.Array, jax.Array]
+]
 
 
 @described
@@ -100,11 +107,20 @@ def global_norm(tree: Updates) -> jax.Array:
     return root / scale
 
 
-def _scaled_norm(tree: Updates) -> tuple[jax.Array, jax.Array]:
+def _scaled_norm(
+    tree: Updates, rescaled_by: Rescaler | None = None
+) -> tuple[jax.Array, jax.Array]:
     """The global norm as `root / scale`, `scale` a power of two (1 usually).
 
     `root` is the norm of the tree multiplied by `scale`, which is always a
     finite number when the elements are, even where the norm itself is not.
+
+    `rescaled_by(total, leaves, down, up)`, when given, replaces the
+    `lax.cond` below: it must return the `(root, scale)` of the out-of-range
+    case (scale `down` when `total` is inf, `up` otherwise) and may return
+    anything when `total` is in range, where `sqrt(total)` is taken as
+    always. `gradtx.fused_step` passes its CPU kernel: a conditional over
+    thousands of leaves takes XLA seconds to compile.
     """
     leaves = jax.tree.leaves(tree)
     dtype = compute_dtype(*leaves)
@@ -140,10 +156,18 @@ def _scaled_norm(tree: Updates) -> tuple[jax.Array, jax.Array]:
         return jnp.sqrt(total), one
 
     out_of_range = (total == jnp.inf) | (total < info.tiny)
+    if rescaled_by is not None:
+        root, scale = rescaled_by(total, leaves, down, up)
+        return (
+            jnp.where(out_of_range, root, jnp.sqrt(total)),
+            jnp.where(out_of_range, scale, one),
+        )
     return jax.lax.cond(out_of_range, rescaled, in_range, total)
 
 
-def clip_factors(updates: Updates, max_norm: ArrayLike) -> tuple[jax.Array, jax.Array]:
+def clip_factors(
+    updates: Updates, max_norm: ArrayLike, rescaled_by: Rescaler | None = None
+) -> tuple[jax.Array, jax.Array]:
     """The two factors `clip_by_global_norm` multiplies each leaf by, in order.
 
     The clipped gradient is `(g * rescale) * ratio`. With `norm = root /
@@ -153,9 +177,10 @@ def clip_factors(updates: Updates, max_norm: ArrayLike) -> tuple[jax.Array, jax.
     zero on CPU). scale is a power of two, so g * scale is exact, and it is 1
     in the common case. No branch divides by zero: a zero norm would give 0/0
     (for a zero bound) and a NaN gradient. Both factors are 1 when the norm is
-    within the bound. `gradtx.fused_step` uses the same two factors.
+    within the bound. `gradtx.fused_step` uses the same two factors, with
+    `rescaled_by` (see `_scaled_norm`) set to its kernel.
     """
-    root, scale = _scaled_norm(updates)
+    root, scale = _scaled_norm(updates, rescaled_by)
     over = root > max_norm * scale
     ratio = jnp.where(over, max_norm / jnp.where(over, root, 1.0), 1.0)
     rescale = jnp.where(over, scale, 1.0)

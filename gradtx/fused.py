@@ -21,10 +21,16 @@ plain path's, operation by operation, including the fused multiply-adds and
 reciprocals XLA:CPU uses: the moments are bit-identical, and so are the
 parameters except where XLA rounds the plain step of a many-leaf tree
 differently from leaf to leaf (then they agree to float32 round-off; see
-docs/fused.md). For anything else (another chain, another dtype, a GPU or
-TPU, a tree sharded over several devices) it runs the plain step, which is
-what it means. `flat_moments=True` keeps each moment in one flat array, so
-that a tree of many small leaves passes half as many buffers to the step.
+docs/fused.md). With clipping, the gradient's norm is the plain step's too,
+except when its float32 sum of squares overflows or underflows: the plain
+step then sums rescaled squares again under `lax.cond`, the fused step asks
+a second small kernel that sums them in float64 (a `lax.cond` over every
+gradient leaf costs XLA seconds of compile time on thousands of leaves), so
+the two clip factors may differ in the last place. For anything else
+(another chain, another dtype, a GPU or TPU, a tree sharded over several
+devices) it runs the plain step, which is what it means. `flat_moments=True`
+keeps each moment in one flat array, so that a tree of many small leaves
+passes half as many buffers to the step.
 
 The kernel (`gradtx/_fused.cc`) is compiled on first use with the system
 C++ compiler (`$CXX`, else `c++`, `g++` or `clang++`) against the XLA FFI
@@ -67,8 +73,16 @@ from gradtx.clipping import clip_factors
 __all__ = ["FusedStep", "fused_step"]
 
 _SOURCE = Path(__file__).with_name("_fused.cc")
-_TARGETS = {"adam": "gradtx_fused_adam", "sgd": "gradtx_fused_sgd"}
-_SYMBOLS = {"adam": "GradtxFusedAdam", "sgd": "GradtxFusedSgd"}
+_TARGETS = {
+    "adam": "gradtx_fused_adam",
+    "sgd": "gradtx_fused_sgd",
+    "norm": "gradtx_scaled_norm",
+}
+_SYMBOLS = {
+    "adam": "GradtxFusedAdam",
+    "sgd": "GradtxFusedSgd",
+    "norm": "GradtxScaledNorm",
+}
 # Leaves per kernel call. XLA's compile time grows faster than linearly in
 # the number of buffers of one custom call (about 4 s for one call over 400
 # leaves); calls over a few dozen leaves each keep it near the plain step's.
@@ -534,7 +548,9 @@ class FusedStep:
 
         rescale = ratio = one
         if (link := plan.get("clip")) is not None:
-            rescale, ratio = clip_factors(grads, link.tx.hyperparams["max_norm"])
+            rescale, ratio = clip_factors(
+                grads, link.tx.hyperparams["max_norm"], _kernel_rescaled_norm
+            )
 
         def decay(role: str, bit: int) -> jax.Array:
             nonlocal state
@@ -709,6 +725,28 @@ def _call_kernel(
     return new_p, new_moments
 
 
+def _kernel_rescaled_norm(
+    total: jax.Array, leaves: list[jax.Array], down: float, up: float
+) -> tuple[jax.Array, jax.Array]:
+    """The out-of-range branch of the clip's global norm, as one kernel call.
+
+    The plain step chooses between `sqrt(total)` and a second, rescaled pass
+    over the gradients with `lax.cond`, whose operands are every gradient
+    leaf: XLA takes seconds to compile that for thousands of leaves (2 s of
+    the 5000-leaf clipped step, 4 s of many-small's). The kernel reads only
+    `total` unless it is inf or below the smallest normal number; then it
+    sums the squares in float64 (see `NormImpl` in `_fused.cc`). In range,
+    the step is therefore bit-identical to the plain one; out of range the
+    norm may differ from the plain float32 rescaled sum in the last place.
+    """
+    out = jax.ffi.ffi_call(
+        _TARGETS["norm"],
+        jax.ShapeDtypeStruct((2,), jnp.float32),
+        vmap_method="broadcast_all",
+    )(total, *leaves, down=np.float32(down), up=np.float32(up))
+    return out[0], out[1]
+
+
 def _priced(scalars: jax.Array, n_calls: int) -> jax.Array:
     """`scalars`, unchanged, through an op that XLA's cost model can count.
 
@@ -737,7 +775,10 @@ def fused_step(tx: GradientTransformation, *, flat_moments: bool = False) -> Fus
     and the same results: bit for bit for SGD and for any chain on a
     one-leaf tree; for Adam on a tree of many leaves the moments are
     bit-identical and the parameters agree to float32 round-off (XLA itself
-    rounds the plain step differently from one tree to another).
+    rounds the plain step differently from one tree to another). With
+    `clip_by_global_norm`, a gradient whose squares overflow or underflow
+    float32 gets its norm summed in float64, which may differ from the plain
+    step's in the last place.
 
     When `tx` is one of the chains below, the trees are float32 and the step
     is lowered for a single CPU device, it runs as a C++ kernel that reads

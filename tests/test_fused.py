@@ -314,6 +314,97 @@ def test_clipping_bounds_the_gradient():
     np.testing.assert_allclose(gradtx.global_norm(out), 1.0, rtol=1e-6)
 
 
+# When XLA's float32 sum of squares of the gradients overflows (an element
+# above about 1.8e19, or the sum of finite squares) or underflows (every
+# element below about 1e-19), the plain step takes the norm again from
+# rescaled elements under `lax.cond`; the fused step asks its norm kernel,
+# which sums the squares in float64. Gradients: values cycled over a large
+# leaf (several kernel chunks, so several threads) and two small ones.
+OUT_OF_RANGE = {
+    "overflow": [1e30, -3e29, 1e-3, 0.0],
+    "finite_squares_overflowing_sum": [1.5e19, -1.5e19, 1.0],
+    "underflow": [1e-25, -3e-26, 4e-30],
+    "zero": [0.0],
+    "inf": [np.inf, 1.0],
+    "nan": [np.nan, 1e30],
+}
+
+
+def _out_of_range_grads(values, scale=1.0):
+    def leaf(n, shift):
+        return jnp.asarray(np.resize(np.roll(values, shift), n) * scale, jnp.float32)
+
+    return {"big": leaf(100_003, 0), "small": leaf(7, 1), "one": leaf(1, 2)}
+
+
+def _norms(grads):
+    assert fused_module.kernel_available()  # builds and registers the kernels
+    plain = jax.jit(lambda g: gradtx.clipping._scaled_norm(g))(grads)
+    kernel = jax.jit(
+        lambda g: gradtx.clipping._scaled_norm(g, fused_module._kernel_rescaled_norm)
+    )(grads)
+    return [np.asarray(x) for x in (*plain, *kernel)]
+
+
+@pytest.mark.parametrize("case", OUT_OF_RANGE)
+def test_an_out_of_range_norm_comes_from_the_kernel(case):
+    grads = _out_of_range_grads(OUT_OF_RANGE[case])
+    root, scale, k_root, k_scale = _norms(grads)
+    np.testing.assert_array_equal(k_scale, scale)
+    # float64 sum: the kernel's root is the exact norm, rounded once
+    exact = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in grads.values()))
+    np.testing.assert_allclose(k_root / k_scale, exact, rtol=EPS32)
+    np.testing.assert_allclose(k_root, root, rtol=2 * EPS32)
+
+    tx = gradtx.chain(gradtx.clip_by_global_norm(2.0), gradtx.sgd(1.0, momentum=0.9))
+    params = jax.tree.map(jnp.ones_like, grads)
+    step = gradtx.fused_step(tx)
+    got = jax.jit(step)(params, tx.init(params), grads)
+    want = jax.jit(step.plain)(params, tx.init(params), grads)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=4 * EPS32, equal_nan=True)
+
+
+def test_an_in_range_norm_skips_the_kernel_and_keeps_the_bits():
+    grads = _out_of_range_grads([3.0, -4.0, 1e-3])
+    root, scale, k_root, k_scale = _norms(grads)
+    np.testing.assert_array_equal(k_root, root)
+    np.testing.assert_array_equal(k_scale, scale)
+
+
+def test_the_norm_kernel_under_vmap_takes_each_row_on_its_own():
+    assert fused_module.kernel_available()
+    # rows: overflow, in range, underflow
+    grads = jax.vmap(lambda s: _out_of_range_grads([3.0, -4.0, 1e-3], s))(
+        jnp.asarray([1e25, 1.0, 1e-25])
+    )
+    root, scale, k_root, k_scale = jax.vmap(
+        lambda g: jnp.stack(
+            [
+                *gradtx.clipping._scaled_norm(g),
+                *gradtx.clipping._scaled_norm(g, fused_module._kernel_rescaled_norm),
+            ]
+        )
+    )(grads).T
+    np.testing.assert_array_equal(k_scale, scale)
+    assert k_root[1] == root[1]
+    np.testing.assert_allclose(k_root, root, rtol=2 * EPS32)
+    assert scale[0] < 1 < scale[2]
+
+
+def test_the_clipped_step_has_no_conditional():
+    # The plain clipped step branches with lax.cond over every gradient leaf
+    # (seconds of XLA compile time for thousands of leaves); the fused one
+    # has no branch.
+    tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-3))
+    params = _tree([(3,), (4, 5)])
+    step = gradtx.fused_step(tx)
+    args = (params, tx.init(params), params)
+    assert "conditional(" in jax.jit(step.plain).lower(*args).compile().as_text()
+    text = jax.jit(step).lower(*args).compile().as_text()
+    assert "conditional(" not in text and "gradtx_scaled_norm" in text
+
+
 # ----------------------------------------------------------------------------
 # JAX transformations, donation, memory
 

@@ -21,7 +21,7 @@ from gradtx.base import (
 from gradtx.sharding import _sum_over_leaves
 
 # (total, leaves, down, up) -> (root, scale): see `_scaled_norm`.
-Rescaler = Callable[
+_Rescaler = Callable[
     [jax.Array, list[jax.Array], float, float], tuple[jax.Array, jax.Array]
 ]
 
@@ -108,7 +108,7 @@ def global_norm(tree: Updates) -> jax.Array:
 
 
 def _scaled_norm(
-    tree: Updates, rescaled_by: Rescaler | None = None
+    tree: Updates, rescaled_by: _Rescaler | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """The global norm as `root / scale`, `scale` a power of two (1 usually).
 
@@ -166,7 +166,7 @@ def _scaled_norm(
 
 
 def clip_factors(
-    updates: Updates, max_norm: ArrayLike, rescaled_by: Rescaler | None = None
+    updates: Updates, max_norm: ArrayLike, rescaled_by: _Rescaler | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """The two factors `clip_by_global_norm` multiplies each leaf by, in order.
 

@@ -39,6 +39,8 @@ from benchmarks.optimizers import (
 from benchmarks.trees import TreeSpec, make_data
 
 IDENTITY = "jax-identity"
+# The optimizer that a case times next to its own, per library of ours.
+BASELINES = {"clip_adamw": "adamw"}
 DEFAULT_CONTENDERS = (
     *JAX_LIBRARIES,
     *(f"torch-{impl}" for impl in TORCH_IMPLS),
@@ -52,7 +54,10 @@ class Settings:
 
     Each sample runs `steps` back-to-back steps of one contender and blocks
     once at the end; `steps` is chosen per case so that a sample of the
-    slowest contender lasts about `sample_seconds`.
+    slowest contender lasts about `sample_seconds`. With `baselines`, a case
+    whose optimizer has one in `BASELINES` (clip + AdamW: AdamW) also times
+    each of gradtx's own steps for that optimizer in the same rounds, so that
+    "clip + AdamW over AdamW" is a paired ratio (sweep trees excepted).
     """
 
     rounds: int = 15
@@ -61,6 +66,7 @@ class Settings:
     max_steps_per_sample: int = 1000
     seed: int = 0
     contenders: Sequence[str] = DEFAULT_CONTENDERS
+    baselines: bool = True
 
 
 def log_nothing(message: str) -> None:
@@ -549,11 +555,28 @@ def run_case(
                 f"compile {contender.info['compile_s']:6.2f} s, "
                 f"{contender.info['hlo']['fusions']} fusions"
             )
+    # Each of our steps without the clip, right after its clipped step in
+    # every round: `baselines[name]` times `name`'s step for BASELINES[optimizer].
+    baselines: dict[str, Contender] = {}
+    baseline = BASELINES.get(optimizer) if settings.baselines else None
+    if baseline and not spec.name.startswith("sweep-"):
+        for contender in list(active):
+            if contender.name in OURS:
+                base = jax_contender(contender.name, baseline, params_np, grads_jax)
+                base.name = f"{contender.name}:{baseline}"
+                baselines[contender.name] = base
     del params_np
+    timed: list[Contender] = []
+    for contender in active:
+        timed.append(contender)
+        if contender.name in baselines:
+            timed.append(baselines[contender.name])
+    phases["build_s"]["baselines"] = time.perf_counter() - clock
+    clock = time.perf_counter()
 
     # Warm up, and estimate each step's time: the median warm-up step.
     estimates = {}
-    for contender in active:
+    for contender in timed:
         times = []
         for _ in range(max(settings.warmup, 1)):
             t0 = time.perf_counter()
@@ -572,12 +595,12 @@ def run_case(
     # A sample stops early past 5x its planned length: one stalled contender
     # on a busy machine must not stretch the run by orders of magnitude.
     budget = 5 * max(settings.sample_seconds, steps * slowest)
-    samples: dict[str, list[float]] = {c.name: [] for c in active}
+    samples: dict[str, list[float]] = {c.name: [] for c in timed}
     gc.collect()
     gc.disable()  # no collector pauses inside the samples (collect is slow)
     try:
         for _ in range(settings.rounds):
-            for contender in active:  # interleaved: A, B, C, A, B, C, ...
+            for contender in timed:  # interleaved: A, B, C, A, B, C, ...
                 t0 = time.perf_counter()
                 done = contender.run(steps, deadline=t0 + budget)
                 samples[contender.name].append((time.perf_counter() - t0) / done)
@@ -598,6 +621,22 @@ def run_case(
         )
     agreement = _agreement(active, estimates)
     phases["agreement_s"] = time.perf_counter() - clock
+    base_entries = {}
+    for name, base in baselines.items():
+        mine, theirs = samples[name], samples[base.name]
+        q1, median, q3 = _quartiles(theirs)
+        base_entries[name] = {
+            "optimizer": baseline,
+            "samples_s": theirs,
+            "median_s": median,
+            "p25_s": q1,
+            "p75_s": q3,
+            "lower_compile_s": base.info["lower_compile_s"],
+            # the clipped step over this one, round by round
+            "paired_median": statistics.median(
+                a / b for a, b in zip(mine, theirs, strict=True)
+            ),
+        }
 
     record = {
         "key": f"{spec.name}/{optimizer}",
@@ -613,15 +652,16 @@ def run_case(
         "steps_per_sample": steps,
         "order": [c.name for c in active],
         "contenders": entries,
-        "ratios": _ratios(samples),
+        "ratios": _ratios({c.name: samples[c.name] for c in active}),
+        "baselines": base_entries,
         "agreement": agreement,
         "phases": phases,
     }
     if torch_reason:
         record["torch_note"] = torch_reason
-    for contender in active:
+    for contender in timed:
         contender.close()
-    del active, grads_jax, grads_torch
+    del active, timed, baselines, grads_jax, grads_torch
     gc.collect()
     return record
 

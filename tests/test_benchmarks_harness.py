@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness, report, run  # noqa: E402
-from benchmarks.optimizers import OPTIMIZERS  # noqa: E402
+from benchmarks.optimizers import OPTIMIZERS, OURS  # noqa: E402
 from benchmarks.trees import custom_tree, get_tree  # noqa: E402
 
 TINY = harness.Settings(rounds=2, warmup=1, sample_seconds=0.001)
@@ -76,6 +76,16 @@ def test_run_case_records_every_field(optimizer):
     for key in ("gradtx/optax", "gradtx/torch-foreach"):
         assert record["ratios"][key]["paired_median"] > 0
     assert harness.IDENTITY not in " ".join(record["ratios"])
+    # clip + AdamW also times each of our steps without the clip, paired
+    if optimizer in harness.BASELINES:
+        assert set(record["baselines"]) == set(OURS)
+        for base in record["baselines"].values():
+            assert base["optimizer"] == harness.BASELINES[optimizer]
+            assert len(base["samples_s"]) == TINY.rounds
+            assert base["paired_median"] > 0 and base["median_s"] > 0
+        assert not any(":" in key for key in record["ratios"])
+    else:
+        assert record["baselines"] == {}
     # Every side ran the same steps from the same start, so they agree.
     agreement = record["agreement"]
     assert agreement["reference"] == "optax"
@@ -215,6 +225,17 @@ def test_clip_target_shows_the_read_bound_floor():
     assert rows["clip + AdamW one-big: gradtx over gradtx AdamW <= 1.2"] == [
         "1.50x",
         "no",
+    ]
+    # AdamW timed in the clipped case's own rounds: the paired ratio wins over
+    # the medians of the two cases, and the floor uses that AdamW step
+    bandwidth["read_gbs"] = 40.0
+    records[1]["baselines"] = {
+        "gradtx": {"optimizer": "adamw", "median_s": 0.5, "paired_median": 1.15}
+    }
+    rows = {row[0]: row[1:] for row in report.target_rows(records, {"r": run})}
+    assert rows["clip + AdamW one-big: gradtx over gradtx AdamW <= 1.2"] == [
+        "1.15x (paired; read-bound floor 1.20x)",
+        "yes",
     ]
 
 

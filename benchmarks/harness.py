@@ -561,10 +561,15 @@ def run_case(
     baseline = BASELINES.get(optimizer) if settings.baselines else None
     if baseline and not spec.name.startswith("sweep-"):
         for contender in list(active):
-            if contender.name in OURS:
+            if contender.name not in OURS:
+                continue
+            try:
                 base = jax_contender(contender.name, baseline, params_np, grads_jax)
-                base.name = f"{contender.name}:{baseline}"
-                baselines[contender.name] = base
+            except Exception as error:  # noqa: BLE001 - the ratio is left out
+                log(f"  {contender.name}:{baseline} error: {error}")
+                continue
+            base.name = f"{contender.name}:{baseline}"
+            baselines[contender.name] = base
     del params_np
     timed: list[Contender] = []
     for contender in active:

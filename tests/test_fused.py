@@ -504,7 +504,8 @@ def test_no_derivative():
     assert jax.grad(lambda p: jnp.sum(step.plain(p, tx.init(p), p)[0]["w"]))(params)
 
 
-def test_gpu_lowering_takes_the_plain_step(monkeypatch):
+@pytest.mark.parametrize("clip", [False, True])
+def test_gpu_lowering_takes_the_plain_step(monkeypatch, clip):
     """Lowered for CUDA the step has no CPU kernel in it (checked on a CPU).
 
     A process with a GPU backend traces both branches and lets the lowering
@@ -512,6 +513,8 @@ def test_gpu_lowering_takes_the_plain_step(monkeypatch):
     """
     monkeypatch.setattr(fused_module, "_cpu_only", lambda: False)
     tx = gradtx.adamw(1e-3, weight_decay=0.1)
+    if clip:
+        tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), tx)
     params = _tree([(8,)])
     state = tx.init(params)
     traced = jax.jit(gradtx.fused_step(tx)).trace(params, state, params)
@@ -519,9 +522,10 @@ def test_gpu_lowering_takes_the_plain_step(monkeypatch):
         text = traced.lower(lowering_platforms=("cuda",)).as_text()
     except Exception as error:  # noqa: BLE001 - a jax without cross-lowering
         pytest.skip(f"cannot lower for cuda here: {error}")
-    assert "gradtx_fused" not in text
+    assert "gradtx_fused" not in text and "gradtx_scaled_norm" not in text
     cpu_text = traced.lower(lowering_platforms=("cpu",)).as_text()
     assert "gradtx_fused" in cpu_text
+    assert ("gradtx_scaled_norm" in cpu_text) == clip
 
 
 # ----------------------------------------------------------------------------

@@ -18,9 +18,10 @@
 // of at most kChunk elements, which the calling thread and the threads of
 // XLA's intra-op pool take one at a time.
 //
-// A third handler, NormImpl, stands in for the out-of-range branch of the
-// clip's global norm (gradtx/clipping.py), so that the step needs no
-// lax.cond over every gradient leaf.
+// Two more handlers serve the clip's global norm (gradtx/clipping.py), so
+// that XLA compiles no lax.cond over every gradient leaf (NormImpl takes the
+// out-of-range branch) and no concatenation of thousands of small leaves
+// (GatherImpl copies them into the pieces the norm reduces).
 //
 // Built on first use by gradtx/fused.py with the system C++ compiler,
 // against the XLA FFI headers that jaxlib ships.
@@ -31,6 +32,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -504,6 +506,37 @@ ffi::Error NormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> totals,
   return ffi::Error::Success();
 }
 
+// The arguments one after another, row by row under jax.vmap (`sizes` are
+// their per-row element counts): jnp.concatenate of 1-D float32 arrays.
+ffi::Error GatherImpl(ffi::RemainingArgs args, ffi::ResultBuffer<ffi::F32> out,
+                      ffi::Span<const int64_t> sizes) {
+  const int64_t n = static_cast<int64_t>(args.size());
+  if (n == 0 || static_cast<int64_t>(sizes.size()) != n) {
+    return Invalid("gather called with the wrong number of buffers");
+  }
+  std::vector<const float*> data(n);
+  int64_t row_size = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    auto buffer = args.get<ffi::AnyBuffer>(k);
+    if (!buffer || buffer->element_type() != ffi::DataType::F32) {
+      return Invalid("gather takes float32 arrays");
+    }
+    data[k] = static_cast<const float*>(buffer->untyped_data());
+    row_size += sizes[k];
+  }
+  const int64_t total = static_cast<int64_t>(out->element_count());
+  if (row_size == 0 || total % row_size != 0) return Invalid("gather sizes");
+  const int64_t rows = total / row_size;
+  float* dst = out->typed_data();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = 0; k < n; ++k) {
+      std::memcpy(dst, data[k] + r * sizes[k], sizes[k] * sizeof(float));
+      dst += sizes[k];
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxFusedAdam, AdamImpl,
@@ -537,3 +570,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxScaledNorm, NormImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("down")
                                   .Attr<float>("up"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxGather, GatherImpl,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("sizes"));

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +21,19 @@ from gradtx.base import (
 )
 from gradtx.sharding import _sum_over_leaves
 
-# (total, leaves, down, up) -> (root, scale): see `_scaled_norm`.
-_Rescaler = Callable[
-    [jax.Array, list[jax.Array], float, float], tuple[jax.Array, jax.Array]
-]
+
+class _NormKernels(NamedTuple):
+    """Stand-ins for two parts of the norm (`gradtx.fused_step`'s CPU kernels).
+
+    `rescaled(total, leaves, down, up) -> (root, scale)` replaces the
+    `lax.cond` of `_scaled_norm`; `concatenate(arrays)` replaces
+    `jnp.concatenate` where small leaves are joined for one reduction.
+    """
+
+    rescaled: Callable[
+        [jax.Array, list[jax.Array], float, float], tuple[jax.Array, jax.Array]
+    ]
+    concatenate: Callable[[list[jax.Array]], jax.Array]
 
 
 @described
@@ -108,19 +118,20 @@ def global_norm(tree: Updates) -> jax.Array:
 
 
 def _scaled_norm(
-    tree: Updates, rescaled_by: _Rescaler | None = None
+    tree: Updates, kernels: _NormKernels | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """The global norm as `root / scale`, `scale` a power of two (1 usually).
 
     `root` is the norm of the tree multiplied by `scale`, which is always a
     finite number when the elements are, even where the norm itself is not.
 
-    `rescaled_by(total, leaves, down, up)`, when given, replaces the
-    `lax.cond` below: it must return the `(root, scale)` of the out-of-range
-    case (scale `down` when `total` is inf, `up` otherwise) and may return
-    anything when `total` is in range, where `sqrt(total)` is taken as
-    always. `gradtx.fused_step` passes its CPU kernel: a conditional over
-    thousands of leaves takes XLA seconds to compile.
+    `kernels`, when given, stand in for two parts that take XLA seconds to
+    compile on thousands of leaves. `kernels.rescaled(total, leaves, down,
+    up)` replaces the `lax.cond` below: it must return the `(root, scale)`
+    of the out-of-range case (scale `down` when `total` is inf, `up`
+    otherwise) and may return anything when `total` is in range, where
+    `sqrt(total)` is taken as always. `kernels.concatenate` joins the small
+    leaves for their reductions (the same bytes, so the same sum).
     """
     leaves = jax.tree.leaves(tree)
     dtype = compute_dtype(*leaves)
@@ -133,7 +144,7 @@ def _scaled_norm(
     def plain(x: jax.Array) -> jax.Array:
         return jnp.sum(abs_sq(x.astype(compute_dtype(x)))).astype(real)
 
-    total = _sum_over_leaves(plain, leaves)
+    total = _sum_over_leaves(plain, leaves, kernels and kernels.concatenate)
     # Powers of two that bring the squares back into range: down when the
     # sum overflowed (every |c*x|**2 is then finite unless the norm is not),
     # up when it underflowed (every |x| is then below 2**(minexp/2)).
@@ -156,8 +167,8 @@ def _scaled_norm(
         return jnp.sqrt(total), one
 
     out_of_range = (total == jnp.inf) | (total < info.tiny)
-    if rescaled_by is not None:
-        root, scale = rescaled_by(total, leaves, down, up)
+    if kernels is not None:
+        root, scale = kernels.rescaled(total, leaves, down, up)
         return (
             jnp.where(out_of_range, root, jnp.sqrt(total)),
             jnp.where(out_of_range, scale, one),
@@ -166,7 +177,7 @@ def _scaled_norm(
 
 
 def clip_factors(
-    updates: Updates, max_norm: ArrayLike, rescaled_by: _Rescaler | None = None
+    updates: Updates, max_norm: ArrayLike, kernels: _NormKernels | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """The two factors `clip_by_global_norm` multiplies each leaf by, in order.
 
@@ -178,9 +189,9 @@ def clip_factors(
     in the common case. No branch divides by zero: a zero norm would give 0/0
     (for a zero bound) and a NaN gradient. Both factors are 1 when the norm is
     within the bound. `gradtx.fused_step` uses the same two factors, with
-    `rescaled_by` (see `_scaled_norm`) set to its kernel.
+    its CPU `kernels` (see `_scaled_norm`).
     """
-    root, scale = _scaled_norm(updates, rescaled_by)
+    root, scale = _scaled_norm(updates, kernels)
     over = root > max_norm * scale
     ratio = jnp.where(over, max_norm / jnp.where(over, root, 1.0), 1.0)
     rescale = jnp.where(over, scale, 1.0)

@@ -341,7 +341,7 @@ def _norms(grads):
     assert fused_module.kernel_available()  # builds and registers the kernels
     plain = jax.jit(lambda g: gradtx.clipping._scaled_norm(g))(grads)
     kernel = jax.jit(
-        lambda g: gradtx.clipping._scaled_norm(g, fused_module._kernel_rescaled_norm)
+        lambda g: gradtx.clipping._scaled_norm(g, fused_module._NORM_KERNELS)
     )(grads)
     return [np.asarray(x) for x in (*plain, *kernel)]
 
@@ -382,7 +382,7 @@ def test_the_norm_kernel_under_vmap_takes_each_row_on_its_own():
         lambda g: jnp.stack(
             [
                 *gradtx.clipping._scaled_norm(g),
-                *gradtx.clipping._scaled_norm(g, fused_module._kernel_rescaled_norm),
+                *gradtx.clipping._scaled_norm(g, fused_module._NORM_KERNELS),
             ]
         )
     )(grads).T
@@ -392,17 +392,41 @@ def test_the_norm_kernel_under_vmap_takes_each_row_on_its_own():
     assert scale[0] < 1 < scale[2]
 
 
-def test_the_clipped_step_has_no_conditional():
+def test_the_clipped_step_has_no_conditional_and_no_concatenation():
     # The plain clipped step branches with lax.cond over every gradient leaf
-    # (seconds of XLA compile time for thousands of leaves); the fused one
-    # has no branch.
+    # and joins the small leaves with concatenations (seconds of XLA compile
+    # time for thousands of leaves); the fused one has kernels for both.
     tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-3))
-    params = _tree([(3,), (4, 5)])
+    params = _tree([(3,), (4, 5), (6,)])
     step = gradtx.fused_step(tx)
     args = (params, tx.init(params), params)
-    assert "conditional(" in jax.jit(step.plain).lower(*args).compile().as_text()
+    joined = "f32[29]{0} concatenate("  # the three gradient leaves, 29 elements
+    plain = jax.jit(step.plain).lower(*args).compile().as_text()
+    assert "conditional(" in plain and joined in plain
     text = jax.jit(step).lower(*args).compile().as_text()
-    assert "conditional(" not in text and "gradtx_scaled_norm" in text
+    assert "conditional(" not in text and joined not in text
+    assert "gradtx_scaled_norm" in text and "gradtx_gather" in text
+
+
+def test_clipped_sgd_over_many_pieces_is_bit_identical(monkeypatch):
+    # Pieces of 1024 elements: the norm joins the 200 small leaves in 13
+    # chained pieces, through the gather kernel in the fused step.
+    monkeypatch.setattr(gradtx.sharding, "_PIECE", 1024)
+    shapes = [(64,)] * 200 + [(70_000,)]
+    tx = gradtx.chain(gradtx.clip_by_global_norm(0.5), gradtx.sgd(0.1, momentum=0.9))
+    fused = _run(tx, shapes, 3)
+    plain = _run(tx, shapes, 3, fused=False)
+    _assert_identical(fused, plain)
+
+
+def test_the_gather_kernel_is_concatenate():
+    assert fused_module.kernel_available()
+    arrays = [jnp.arange(n, dtype=jnp.float32) * (n + 1) for n in (1, 5, 0, 64, 3)]
+    got = jax.jit(fused_module._kernel_concatenate)(arrays)
+    _assert_identical(got, jnp.concatenate(arrays))
+    rows = [jnp.stack([x, -x, 2 * x]) for x in arrays]  # batch of 3 rows
+    got = jax.jit(jax.vmap(fused_module._kernel_concatenate))(rows)
+    _assert_identical(got, jnp.concatenate(rows, axis=1))
 
 
 # ----------------------------------------------------------------------------

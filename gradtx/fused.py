@@ -753,10 +753,11 @@ def _kernel_concatenate(arrays: list[jax.Array]) -> jax.Array:
     """`jnp.concatenate` of 1-D float32 arrays, as one kernel call.
 
     The norm joins the gradient's small leaves into pieces of 32K elements
-    and reduces each piece (`gradtx.sharding._grouped_sum`). XLA:CPU emits a
-    concatenation as a loop unrolled over its operands, and LLVM's scheduler
-    then spends about a millisecond per 64-element leaf: most of the compile
-    time of a clipped step over thousands of small leaves. The kernel copies
+    and reduces each piece (`gradtx.sharding._grouped_sum`). The code XLA:CPU
+    emits for a concatenation grows with its operands, and LLVM's instruction
+    scheduler (measured with perf) spends about a millisecond per 64-element
+    leaf on it: most of the compile time of a clipped step over thousands of
+    small leaves. The kernel copies
     the same bytes, so the reductions and the norm are unchanged, bit for
     bit.
     """

@@ -514,19 +514,16 @@ ffi::Error GatherImpl(ffi::RemainingArgs args, ffi::ResultBuffer<ffi::F32> out,
   if (n == 0 || static_cast<int64_t>(sizes.size()) != n) {
     return Invalid("gather called with the wrong number of buffers");
   }
-  std::vector<const float*> data(n);
   int64_t row_size = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    auto buffer = args.get<ffi::AnyBuffer>(k);
-    if (!buffer || buffer->element_type() != ffi::DataType::F32) {
-      return Invalid("gather takes float32 arrays");
-    }
-    data[k] = static_cast<const float*>(buffer->untyped_data());
-    row_size += sizes[k];
-  }
+  for (int64_t k = 0; k < n; ++k) row_size += sizes[k];
   const int64_t total = static_cast<int64_t>(out->element_count());
   if (row_size == 0 || total % row_size != 0) return Invalid("gather sizes");
   const int64_t rows = total / row_size;
+  std::vector<const float*> data(n);
+  for (int64_t k = 0; k < n; ++k) {
+    GRADTX_ASSIGN(x, InArg(args, k, rows * sizes[k], "a gathered array"));
+    data[k] = x;
+  }
   float* dst = out->typed_data();
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t k = 0; k < n; ++k) {

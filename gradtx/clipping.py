@@ -144,7 +144,8 @@ def _scaled_norm(
     def plain(x: jax.Array) -> jax.Array:
         return jnp.sum(abs_sq(x.astype(compute_dtype(x)))).astype(real)
 
-    total = _sum_over_leaves(plain, leaves, kernels and kernels.concatenate)
+    concatenate = jnp.concatenate if kernels is None else kernels.concatenate
+    total = _sum_over_leaves(plain, leaves, concatenate)
     # Powers of two that bring the squares back into range: down when the
     # sum overflowed (every |c*x|**2 is then finite unless the norm is not),
     # up when it underflowed (every |x| is then below 2**(minexp/2)).

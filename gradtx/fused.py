@@ -757,9 +757,8 @@ def _kernel_concatenate(arrays: list[jax.Array]) -> jax.Array:
     emits for a concatenation grows with its operands, and LLVM's instruction
     scheduler (measured with perf) spends about a millisecond per 64-element
     leaf on it: most of the compile time of a clipped step over thousands of
-    small leaves. The kernel copies
-    the same bytes, so the reductions and the norm are unchanged, bit for
-    bit.
+    small leaves. The kernel copies the same bytes, so the reductions and the
+    norm are unchanged, bit for bit.
     """
     sizes = np.asarray([int(np.size(x)) for x in arrays], np.int64)
     return jax.ffi.ffi_call(

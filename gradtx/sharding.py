@@ -191,7 +191,7 @@ def state_shardings(tx: GradientTransformation, params: Params) -> Any:
 
 
 def _sum_over_leaves(
-    leaf_sum: Any, leaves: list[Any], concatenate: Any = None
+    leaf_sum: Any, leaves: list[Any], concatenate: Any = jnp.concatenate
 ) -> jax.Array:
     """`sum(leaf_sum(x) for x in leaves)`, as one all-reduce on an explicit mesh.
 
@@ -220,7 +220,7 @@ def _sum_over_leaves(
         tuple(a for a in mesh.axis_names if any(a in u for u in split)) if split else ()
     )
     if not axes:
-        return _grouped_sum(leaf_sum, leaves, concatenate or jnp.concatenate)
+        return _grouped_sum(leaf_sum, leaves, concatenate)
 
     def local(*shards: jax.Array) -> jax.Array:
         totals = []

@@ -574,6 +574,26 @@ def target_rows(
                     "{:.1f} s",
                 )
         for r in records:
+            # mu_dtype=bfloat16 against float32 AdamW: the state is what the
+            # step's arguments hold beyond params and grads (float32 both)
+            bf16 = r["optimizer"] == "adamw_bf16"
+            f32 = cases.get(f"{r['tree']}/adamw") if bf16 else None
+            states = []
+            for case in (r, f32) if f32 else ():
+                memory = ((_ok(case, lib) or {}).get("memory")) or {}
+                if "argument_bytes" in memory:
+                    states.append(memory["argument_bytes"] - 8 * case["n_params"])
+            if len(states) == 2 and states[1] > 0:
+                ratio = states[0] / states[1]
+                rows.append(
+                    [
+                        f"{r['tree']}: {lib} state with mu_dtype=bfloat16 / float32 "
+                        "<= 0.75",
+                        f"{ratio:.3f}x",
+                        "yes" if ratio <= 0.75 + 1e-3 else "no",
+                    ]
+                )  # + 1e-3: the int32 step count is not cut
+        for r in records:
             entry = _ok(r, lib)
             memory = (entry or {}).get("memory") or {}
             if "extra_bytes" in memory and not _is_sweep(r):

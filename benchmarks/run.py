@@ -89,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--optimizers",
         type=_names,
-        help=f"comma-separated optimizers (default: {','.join(DEFAULT_OPTIMIZERS)})",
+        help=f"comma-separated optimizers (default: {','.join(DEFAULT_OPTIMIZERS)};"
+        " also adamw_bf16, AdamW with its first moment in bfloat16)",
     )
     p.add_argument(
         "--sweep",

@@ -7,6 +7,9 @@
 // the plain path's, operation by operation, in float32, with the fused
 // multiply-adds and reciprocals that XLA:CPU itself uses (see Madd below);
 // the build passes -ffp-contract=off so that no other contraction happens.
+// Params and gradients are float32; each kind of moment (Adam's first and
+// second, the momentum) is kept in float32 or in bfloat16, widened on load
+// and rounded on store as XLA converts (see Bf16 below).
 //
 // The per-step scalars (bias corrections, learning rate, decay, clipping
 // factors) are computed by gradtx in JAX, exactly as the plain path computes
@@ -82,22 +85,58 @@ inline float Madd(float a, float b, float c) { return std::fma(a, b, c); }
 inline float Madd(float a, float b, float c) { return a * b + c; }
 #endif
 
+// A moment kept in bfloat16: the upper half of a float32. Widening is exact;
+// narrowing rounds to nearest, ties to even, and turns every NaN into the
+// quiet NaN 0x7fc0 with its sign, which is what XLA:CPU's convert does
+// (denormals are kept, not flushed).
+struct Bf16 {
+  uint16_t bits;
+};
+
+inline float Load(float x) { return x; }
+inline float Load(Bf16 x) {
+  const uint32_t bits = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void Store(float& to, float x) { to = x; }
+inline void Store(Bf16& to, float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t nan = ((bits >> 16) & 0x8000u) | 0x7fc0u;
+  to.bits = static_cast<uint16_t>(std::isnan(x) ? nan : rounded);
+}
+
+// A moment's update b * old + omb * x (omb = 1 - b), rounded as XLA:CPU
+// rounds it. For a float32 moment LLVM contracts the left product, b * old.
+// For a moment loaded from bfloat16 (through a convert) it contracts the right
+// one, omb * x, unless XLA has dropped the factor omb because it is 1 (SGD
+// without dampening), which leaves b * old the only product to contract.
+template <typename T>
+inline float Ema(float b, float old, float omb, float x) {
+  if (std::is_same_v<T, Bf16> && omb != 1.0f) return Madd(omb, x, b * old);
+  return Madd(b, old, omb * x);
+}
+
 struct AdamConstants {
   float rescale, ratio, coupled, b1, omb1, b2, omb2, inv_c1, nesterov_m,
       nesterov_g, inv_c2, eps_root, eps, decoupled, step;
 };
 
-template <bool kClip, bool kCouple, bool kDecouple, bool kNesterov>
+template <bool kClip, bool kCouple, bool kDecouple, bool kNesterov, typename M,
+          typename V>
 void AdamLoop(const AdamConstants& c, int64_t n, float* __restrict p,
-              const float* __restrict g_in, float* __restrict m_io,
-              float* __restrict v_io) {
+              const float* __restrict g_in, M* __restrict m_io,
+              V* __restrict v_io) {
   for (int64_t i = 0; i < n; ++i) {
     const float w = p[i];
     float g = g_in[i];
     if (kClip) g = g * c.rescale * c.ratio;  // clip_by_global_norm
     if (kCouple) g = Madd(c.coupled, w, g);  // add_decayed_weights (L2)
-    const float m = Madd(c.b1, m_io[i], c.omb1 * g);
-    const float v = Madd(c.b2, v_io[i], c.omb2 * (g * g));
+    const float m = Ema<M>(c.b1, Load(m_io[i]), c.omb1, g);
+    const float v = Ema<V>(c.b2, Load(v_io[i]), c.omb2, g * g);
     const float m_hat =
         kNesterov ? Madd(m, c.nesterov_m, g * c.nesterov_g) : m * c.inv_c1;
     // v_hat = v / c2 is rewritten as v * (1 / c2), then contracted with
@@ -105,8 +144,8 @@ void AdamLoop(const AdamConstants& c, int64_t n, float* __restrict p,
     float u = m_hat / (std::sqrt(Madd(v, c.inv_c2, c.eps_root)) + c.eps);
     if (kDecouple) u = Madd(c.decoupled, w, u);  // add_decayed_weights (AdamW)
     p[i] = Madd(u, c.step, w);  // scale_by_learning_rate, apply_updates
-    m_io[i] = m;
-    v_io[i] = v;
+    Store(m_io[i], m);
+    Store(v_io[i], v);
   }
 }
 
@@ -114,9 +153,9 @@ struct SgdConstants {
   float rescale, ratio, coupled, momentum, omd, step;
 };
 
-template <bool kClip, bool kCouple, bool kMomentum, bool kNesterov>
+template <bool kClip, bool kCouple, bool kMomentum, bool kNesterov, typename V>
 void SgdLoop(const SgdConstants& c, int64_t n, float* __restrict p,
-             const float* __restrict g_in, float* __restrict v_io) {
+             const float* __restrict g_in, V* __restrict v_io) {
   for (int64_t i = 0; i < n; ++i) {
     const float w = p[i];
     float g = g_in[i];
@@ -124,8 +163,8 @@ void SgdLoop(const SgdConstants& c, int64_t n, float* __restrict p,
     if (kCouple) g = Madd(c.coupled, w, g);
     float u = g;
     if (kMomentum) {
-      const float v = Madd(c.momentum, v_io[i], c.omd * g);
-      v_io[i] = v;
+      const float v = Ema<V>(c.momentum, Load(v_io[i]), c.omd, g);
+      Store(v_io[i], v);
       u = kNesterov ? Madd(c.momentum, v, g) : v;
     }
     p[i] = Madd(u, c.step, w);
@@ -149,6 +188,18 @@ void Dispatch4(bool a, bool b, bool c, bool d, F&& f) {
   };
   if (a) with_b(std::true_type{});
   else with_b(std::false_type{});
+}
+
+template <typename T>
+struct Type {
+  using type = T;
+};
+
+// Call f(Type<Bf16>{}) or f(Type<float>{}): how a moment is stored.
+template <typename F>
+void DispatchStorage(bool bf16, F&& f) {
+  if (bf16) f(Type<Bf16>{});
+  else f(Type<float>{});
 }
 
 // ---------------------------------------------------------------------------
@@ -240,45 +291,68 @@ ffi::Error Invalid(const std::string& message) {
   return ffi::Error::InvalidArgument("gradtx fused step: " + message);
 }
 
-// The float32 data of argument `index`, checked against `size` elements.
-ffi::ErrorOr<float*> InArg(const ffi::RemainingArgs& args, int64_t index,
-                           int64_t size, const char* what) {
+// The data of argument `index`, checked against `size` elements (any count
+// if negative) and against its dtype: float32, or with `bf16` given (a
+// moment) float32 or bfloat16, which *bf16 then tells.
+ffi::ErrorOr<void*> AnyArg(const ffi::RemainingArgs& args, int64_t index,
+                           int64_t size, const char* what,
+                           bool* bf16 = nullptr) {
   auto buffer = args.get<ffi::AnyBuffer>(index);
   if (!buffer) return ffi::Unexpected(Invalid(std::string("bad ") + what));
-  if (buffer->element_type() != ffi::DataType::F32) {
-    return ffi::Unexpected(Invalid(std::string(what) + " must be float32"));
+  const ffi::DataType type = buffer->element_type();
+  if (bf16 != nullptr && type == ffi::DataType::BF16) {
+    *bf16 = true;
+  } else if (type == ffi::DataType::F32) {
+    if (bf16 != nullptr) *bf16 = false;
+  } else {
+    return ffi::Unexpected(Invalid(
+        std::string(what) +
+        (bf16 != nullptr ? " must be float32 or bfloat16" : " must be float32")));
   }
   if (size >= 0 && static_cast<int64_t>(buffer->element_count()) != size) {
     return ffi::Unexpected(
         Invalid(std::string(what) + " does not match its parameter"));
   }
-  return static_cast<float*>(buffer->untyped_data());
+  return buffer->untyped_data();
 }
 
-// The data of result `index`, which must be the buffer of its input.
-ffi::ErrorOr<float*> InPlace(const ffi::RemainingRets& rets, int64_t index,
-                             float* input, const char* what) {
+// The float32 data of argument `index`, checked against `size` elements.
+ffi::ErrorOr<float*> InArg(const ffi::RemainingArgs& args, int64_t index,
+                           int64_t size, const char* what) {
+  auto data = AnyArg(args, index, size, what);
+  if (!data.has_value()) return ffi::Unexpected(data.error());
+  return static_cast<float*>(*data);
+}
+
+// Whether result `index` is the buffer of its input.
+ffi::Error InPlace(const ffi::RemainingRets& rets, int64_t index,
+                   const void* input, const char* what) {
   auto buffer = rets.get<ffi::AnyBuffer>(index);
   if (!buffer || (*buffer)->untyped_data() != input) {
-    return ffi::Unexpected(
-        Invalid(std::string(what) + " is not updated in place"));
+    return Invalid(std::string(what) + " is not updated in place");
   }
-  return input;
+  return ffi::Error::Success();
 }
 
 #define GRADTX_ASSIGN(lhs, expr)                      \
   auto lhs##_or = (expr);                             \
   if (!lhs##_or.has_value()) return lhs##_or.error(); \
-  float* lhs = *lhs##_or;
+  auto* lhs = *lhs##_or;
 
-// One leaf's buffers: p and g, and where its moments start (in their own
-// buffers, or at an offset into the flat moment buffers). Under jax.vmap
-// batch row r of a leaf's moments starts `moment_row` elements after row 0.
+#define GRADTX_CHECK(expr)                         \
+  if (auto error = (expr); !error.success()) {     \
+    return error;                                  \
+  }
+
+// One leaf's buffers: p and g, and where its moments start: at element
+// `moment_start` of moments[j] (their own buffers, or the flat moment
+// buffers shared by all leaves). Under jax.vmap batch row r of a leaf's
+// moments starts `moment_row` elements after row 0.
 struct Leaf {
   float* p;
   float* g;
-  float* moments[2];
-  int64_t size, moment_row, flags;
+  void* moments[2];
+  int64_t size, moment_start, moment_row, flags;
 };
 
 // Two layouts, both with every result aliased to its input:
@@ -288,11 +362,13 @@ struct Leaf {
 // - flat moments (`offsets[i]` = where leaf i starts in them): arguments
 //   M1 .. Mk (one buffer each, shared by all leaves), then p, g for each
 //   leaf; results M1 .. Mk, then p for each leaf.
+//
+// bf16[j] says whether moment j is kept in bfloat16 (every leaf's alike).
 ffi::Error DecodeLeaves(const ffi::RemainingArgs& args,
                         const ffi::RemainingRets& rets, int64_t n_moments,
                         ffi::Span<const int64_t> flags,
                         ffi::Span<const int64_t> offsets, int64_t rows,
-                        std::vector<Leaf>& leaves) {
+                        std::vector<Leaf>& leaves, bool bf16[2]) {
   static const char* kNames[2] = {"first moment", "second moment"};
   const int64_t n_leaves = static_cast<int64_t>(flags.size());
   const bool flat = offsets.size() != 0;
@@ -304,16 +380,15 @@ ffi::Error DecodeLeaves(const ffi::RemainingArgs& args,
       (flat && static_cast<int64_t>(offsets.size()) != n_leaves)) {
     return Invalid("kernel called with the wrong number of buffers");
   }
-  float* flat_moments[2] = {nullptr, nullptr};
+  void* flat_moments[2] = {nullptr, nullptr};
   int64_t flat_size = 0;
   if (flat) {
     for (int64_t j = 0; j < n_moments; ++j) {
       auto buffer = args.get<ffi::AnyBuffer>(j);
       if (!buffer) return Invalid("bad flat moments");
-      flat_size = static_cast<int64_t>(buffer->element_count());
-      GRADTX_ASSIGN(m, InArg(args, j, flat_size, kNames[j]));
-      GRADTX_ASSIGN(m_out, InPlace(rets, j, m, kNames[j]));
-      (void)m_out;
+      if (j == 0) flat_size = static_cast<int64_t>(buffer->element_count());
+      GRADTX_ASSIGN(m, AnyArg(args, j, flat_size, kNames[j], &bf16[j]));
+      GRADTX_CHECK(InPlace(rets, j, m, kNames[j]));
       flat_moments[j] = m;
     }
     if (flat_size % rows != 0) return Invalid("flat moments split into rows");
@@ -327,22 +402,26 @@ ffi::Error DecodeLeaves(const ffi::RemainingArgs& args,
     if (size % rows != 0) return Invalid("a leaf does not split into rows");
     GRADTX_ASSIGN(p, InArg(args, a, size, "p"));
     GRADTX_ASSIGN(g, InArg(args, a + 1, size, "g"));
-    GRADTX_ASSIGN(p_out, InPlace(rets, r, p, "p"));
-    (void)p_out;
-    Leaf leaf{p, g, {nullptr, nullptr}, size, size / rows, flags[k]};
-    for (int64_t j = 0; j < n_moments; ++j) {
-      if (flat) {
-        if (offsets[k] < 0 || offsets[k] + size / rows > flat_size / rows) {
-          return Invalid("a leaf lies outside the flat moments");
-        }
-        leaf.moments[j] = flat_moments[j] + offsets[k];
-        leaf.moment_row = flat_size / rows;
-      } else {
-        GRADTX_ASSIGN(m, InArg(args, a + 2 + j, size, kNames[j]));
-        GRADTX_ASSIGN(m_out, InPlace(rets, r + 1 + j, m, kNames[j]));
-        (void)m_out;
-        leaf.moments[j] = m;
+    GRADTX_CHECK(InPlace(rets, r, p, "p"));
+    Leaf leaf{p, g, {nullptr, nullptr}, size, 0, size / rows, flags[k]};
+    if (flat && n_moments > 0) {
+      if (offsets[k] < 0 || offsets[k] + size / rows > flat_size / rows) {
+        return Invalid("a leaf lies outside the flat moments");
       }
+      leaf.moments[0] = flat_moments[0];
+      leaf.moments[1] = flat_moments[1];
+      leaf.moment_start = offsets[k];
+      leaf.moment_row = flat_size / rows;
+    }
+    for (int64_t j = 0; j < n_moments && !flat; ++j) {
+      bool leaf_bf16 = false;
+      GRADTX_ASSIGN(m, AnyArg(args, a + 2 + j, size, kNames[j], &leaf_bf16));
+      GRADTX_CHECK(InPlace(rets, r + 1 + j, m, kNames[j]));
+      if (k == 0) bf16[j] = leaf_bf16;
+      if (leaf_bf16 != bf16[j]) {
+        return Invalid(std::string(kNames[j]) + "s of one dtype only");
+      }
+      leaf.moments[j] = m;
     }
     leaves[k] = leaf;
   }
@@ -363,8 +442,8 @@ void ForEachChunk(ffi::ThreadPool& pool, const std::vector<Leaf>& leaves,
   auto body = [&](const Span& span) {
     const Leaf& L = leaves[span.leaf];
     const int64_t row_size = L.size / rows;
-    const int64_t mb =
-        span.row * L.moment_row + (span.begin - span.row * row_size);
+    const int64_t mb = L.moment_start + span.row * L.moment_row +
+                       (span.begin - span.row * row_size);
     run(L, span.row, span.begin, span.end - span.begin, mb);
   };
   ParallelFor(pool, MakeSpans(sizes, rows), total, body);
@@ -391,20 +470,26 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                     s[kAdamEps],        s[kAdamDecoupled],  s[kAdamStep]};
   }
   std::vector<Leaf> leaves;
-  if (auto error = DecodeLeaves(args, rets, 2, flags, offsets, rows, leaves);
-      !error.success()) {
-    return error;
-  }
+  bool bf16[2] = {false, false};
+  GRADTX_CHECK(DecodeLeaves(args, rets, 2, flags, offsets, rows, leaves, bf16));
   ForEachChunk(pool, leaves, rows, [&](const Leaf& L, int64_t row, int64_t b,
                                        int64_t n, int64_t mb) {
     const AdamConstants& c = constants[row];
-    auto run = [&](auto k_clip, auto k_couple, auto k_decouple, auto k_nesterov) {
-      AdamLoop<decltype(k_clip)::value, decltype(k_couple)::value,
-               decltype(k_decouple)::value, decltype(k_nesterov)::value>(
-          c, n, L.p + b, L.g + b, L.moments[0] + mb, L.moments[1] + mb);
-    };
-    Dispatch4(clip, L.flags & kCoupledDecay, L.flags & kDecoupledDecay,
-              nesterov, run);
+    DispatchStorage(bf16[0], [&](auto m_type) {
+      DispatchStorage(bf16[1], [&](auto v_type) {
+        using M = typename decltype(m_type)::type;
+        using V = typename decltype(v_type)::type;
+        auto run = [&](auto k_clip, auto k_couple, auto k_decouple,
+                       auto k_nesterov) {
+          AdamLoop<decltype(k_clip)::value, decltype(k_couple)::value,
+                   decltype(k_decouple)::value, decltype(k_nesterov)::value>(
+              c, n, L.p + b, L.g + b, static_cast<M*>(L.moments[0]) + mb,
+              static_cast<V*>(L.moments[1]) + mb);
+        };
+        Dispatch4(clip, L.flags & kCoupledDecay, L.flags & kDecoupledDecay,
+                  nesterov, run);
+      });
+    });
   });
   return ffi::Error::Success();
 }
@@ -425,21 +510,23 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                     s[kSgdOneMinusDampening], s[kSgdStep]};
   }
   std::vector<Leaf> leaves;
-  if (auto error = DecodeLeaves(args, rets, momentum ? 1 : 0, flags, offsets,
-                                rows, leaves);
-      !error.success()) {
-    return error;
-  }
+  bool bf16[2] = {false, false};
+  GRADTX_CHECK(DecodeLeaves(args, rets, momentum ? 1 : 0, flags, offsets, rows,
+                            leaves, bf16));
   ForEachChunk(pool, leaves, rows, [&](const Leaf& L, int64_t row, int64_t b,
                                        int64_t n, int64_t mb) {
-    float* v = L.moments[0] ? L.moments[0] + mb : nullptr;
     const SgdConstants& c = constants[row];
-    auto run = [&](auto k_clip, auto k_couple, auto k_momentum, auto k_nesterov) {
-      SgdLoop<decltype(k_clip)::value, decltype(k_couple)::value,
-              decltype(k_momentum)::value, decltype(k_nesterov)::value>(
-          c, n, L.p + b, L.g + b, v);
-    };
-    Dispatch4(clip, L.flags & kCoupledDecay, momentum, nesterov, run);
+    DispatchStorage(momentum && bf16[0], [&](auto v_type) {
+      using V = typename decltype(v_type)::type;
+      V* v = momentum ? static_cast<V*>(L.moments[0]) + mb : nullptr;
+      auto run = [&](auto k_clip, auto k_couple, auto k_momentum,
+                     auto k_nesterov) {
+        SgdLoop<decltype(k_clip)::value, decltype(k_couple)::value,
+                decltype(k_momentum)::value, decltype(k_nesterov)::value>(
+            c, n, L.p + b, L.g + b, v);
+      };
+      Dispatch4(clip, L.flags & kCoupledDecay, momentum, nesterov, run);
+    });
   });
   return ffi::Error::Success();
 }

@@ -14,8 +14,9 @@ parameter, and it runs each leaf's loops one after another.
 `fused_step(tx)` returns a function with the plain step's meaning,
 `params, state = step(params, state, grads)`. For the chains it knows (SGD
 with or without momentum, Adam, AdamW, Adam with coupled L2, each with an
-optional `clip_by_global_norm` in front) and float32 trees on a single CPU
-device, it runs the whole step as a few calls of a small C++ kernel that
+optional `clip_by_global_norm` in front), float32 params and gradients
+(moments in float32 or bfloat16) on a single CPU device, it runs the whole
+step as a few calls of a small C++ kernel that
 visits each element once, on all the cores XLA uses. The arithmetic is the
 plain path's, operation by operation, including the fused multiply-adds and
 reciprocals XLA:CPU uses: the moments are bit-identical, and so are the
@@ -26,7 +27,11 @@ except when its float32 sum of squares overflows or underflows: the plain
 step then sums rescaled squares again under `lax.cond`, the fused step asks
 a second small kernel that sums them in float64 (a `lax.cond` over every
 gradient leaf costs XLA seconds of compile time on thousands of leaves), so
-the two clip factors may differ in the last place. For anything else
+the two clip factors may differ in the last place. A moment kept in bfloat16
+(`mu_dtype=jnp.bfloat16`) is widened, updated in float32 and rounded back as
+XLA converts; the plain step computes such a moment twice, in two loops that
+LLVM contracts differently, so the kernel's stored moment is the plain
+step's or its bfloat16 neighbour. For anything else
 (another chain, another dtype, a GPU or TPU, a tree sharded over several
 devices) it runs the plain step, which is what it means. `flat_moments=True`
 keeps each moment in one flat array, so that a tree of many small leaves
@@ -131,8 +136,12 @@ def _flatten_chain(tx: Any, path: tuple[int, ...] = ()) -> list[_Link]:
     return [_Link(name, tx, path)]
 
 
-def _is_f32(dtype: Any) -> bool:
-    return dtype is None or jnp.dtype(dtype) == jnp.float32
+# The dtypes a moment may be kept in (None: the params', float32 for the kernel).
+_MOMENT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def _kernel_moment_dtype(dtype: Any) -> bool:
+    return dtype is None or jnp.dtype(dtype) in _MOMENT_DTYPES
 
 
 def _make_plan(tx: GradientTransformation) -> _Plan:
@@ -175,13 +184,18 @@ def _make_plan(tx: GradientTransformation) -> _Plan:
     adam = plan.get("adam")
     if adam is not None:
         hp = adam.tx.hyperparams
-        if not (_is_f32(hp["mu_dtype"]) and _is_f32(hp["nu_dtype"])):
-            raise _Unsupported("the kernel keeps Adam's moments in float32 only")
+        if not (
+            _kernel_moment_dtype(hp["mu_dtype"])
+            and _kernel_moment_dtype(hp["nu_dtype"])
+        ):
+            raise _Unsupported(
+                "the kernel keeps Adam's moments in float32 or bfloat16 only"
+            )
     momentum = plan.get("momentum")
-    if momentum is not None and not _is_f32(
+    if momentum is not None and not _kernel_moment_dtype(
         momentum.tx.hyperparams["accumulator_dtype"]
     ):
-        raise _Unsupported("the kernel keeps the momentum in float32 only")
+        raise _Unsupported("the kernel keeps the momentum in float32 or bfloat16 only")
     return plan
 
 
@@ -518,7 +532,16 @@ class FusedStep:
         check_same_tree("fused_step", "grads", grads, "params", params)
         if jax.device_count() != 1 or not _state_fits(plan, state):
             return False
+
+        def arrays_of(dtypes: tuple[Any, ...], arrays: list[Any]) -> bool:
+            return all(
+                not isinstance(x, int | float) and jnp.result_type(x) in dtypes
+                for x in arrays
+            )
+
         arrays = [*jax.tree.leaves(params), *jax.tree.leaves(grads)]
+        if not arrays or not arrays_of((jnp.dtype(jnp.float32),), arrays):
+            return False
         total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
         for link, field in self._moment_fields():
             moments = getattr(_get(state, link.path), field, None)
@@ -530,11 +553,13 @@ class FusedStep:
             else:
                 where = f"fused_step ({link.role})"
                 check_same_tree(where, "grads", grads, f"state.{field}", moments)
-            arrays.extend(jax.tree.leaves(moments))
-        return bool(arrays) and all(
-            jnp.result_type(x) == jnp.float32 and not isinstance(x, int | float)
-            for x in arrays
-        )
+            # each moment tree in one dtype the kernel keeps (float32, bfloat16)
+            leaves = jax.tree.leaves(moments)
+            if not arrays_of(_MOMENT_DTYPES, leaves):
+                return False
+            if len({jnp.result_type(x) for x in leaves}) > 1:
+                return False
+        return True
 
     def _fused(
         self, grads: Updates, state: OptState, params: Params
@@ -697,7 +722,7 @@ def _call_kernel(
         operands = [operand for operand, _ in group]
         updated = [i for i, (_, in_place) in enumerate(group) if in_place]
         results = [
-            jax.ShapeDtypeStruct(operands[i].shape, jnp.float32) for i in updated
+            jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in updated
         ]
         aliases = {i: out for out, i in enumerate(updated)}
         # Under jax.vmap every operand gets the batch axis in front (the
@@ -802,9 +827,15 @@ def fused_step(tx: GradientTransformation, *, flat_moments: bool = False) -> Fus
     rounds the plain step differently from one tree to another). With
     `clip_by_global_norm`, a gradient whose squares overflow or underflow
     float32 gets its norm summed in float64, which may differ from the plain
-    step's in the last place.
+    step's in the last place. Moments kept in bfloat16 (`mu_dtype`,
+    `nu_dtype`, `accumulator_dtype`) are updated in float32 and rounded once;
+    each stored value is the plain step's or its bfloat16 neighbour, and
+    the parameters agree to float32 round-off. There the kernel saves more:
+    XLA:CPU recomputes a bfloat16 moment in the parameter's loop, and the
+    plain step takes two to four times as long as the float32 one.
 
-    When `tx` is one of the chains below, the trees are float32 and the step
+    When `tx` is one of the chains below, params and grads are float32
+    (moments float32 or bfloat16) and the step
     is lowered for a single CPU device, it runs as a C++ kernel that reads
     each parameter, gradient and moment once
     and writes each once, in place when params and state are donated

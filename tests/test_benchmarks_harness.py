@@ -73,7 +73,12 @@ def test_run_case_records_every_field(optimizer):
     assert record["contenders"]["gradtx"]["hlo"]["fusions"] >= 1
     assert record["contenders"][harness.IDENTITY]["hlo"]["fusions"] == 0
     assert record["contenders"]["gradtx"]["bytes_per_param"] > 0
-    for key in ("gradtx/optax", "gradtx/torch-foreach"):
+    torch_runs = optimizer != "adamw_bf16"  # torch.optim has no bfloat16 state
+    if not torch_runs:
+        for impl in ("torch-foreach", "torch-fused"):
+            entry = record["contenders"][impl]
+            assert entry["status"] == "skipped" and "dtype" in entry["reason"]
+    for key in ("gradtx/optax", "gradtx/torch-foreach")[: 2 if torch_runs else 1]:
         assert record["ratios"][key]["paired_median"] > 0
     assert harness.IDENTITY not in " ".join(record["ratios"])
     # clip + AdamW also times each of our steps without the clip, paired
@@ -90,7 +95,14 @@ def test_run_case_records_every_field(optimizer):
     agreement = record["agreement"]
     assert agreement["reference"] == "optax"
     assert agreement["steps"] >= 1 + TINY.warmup + TINY.rounds
-    assert max(agreement["max_abs_diff"].values()) < 1e-5
+    diffs = agreement["max_abs_diff"].values()
+    if torch_runs:
+        assert max(diffs) < 1e-5
+    else:
+        # with a bfloat16 first moment optax takes b1 * mu in bfloat16, gradtx
+        # in float32: the two drift apart by bfloat16 roundings over the run's
+        # (time-dependent) number of steps, while gradtx's steps stay together
+        assert max(diffs) < 1e-3 and max(diffs) - min(diffs) < 1e-6
 
 
 HLO = """\

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import gradtx
@@ -39,6 +40,7 @@ def main() -> int:
         ),
         "adam_nesterov": gradtx.adam(1e-3, nesterov=True),
         "sgd_momentum": gradtx.sgd(1e-2, momentum=0.9),
+        "adamw_bf16_mu": gradtx.adamw(1e-3, weight_decay=0.01, mu_dtype=jnp.bfloat16),
     }
     failed = False
     runs = [(name, tx, False) for name, tx in cases.items()]

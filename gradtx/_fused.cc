@@ -111,9 +111,13 @@ inline void Store(Bf16& to, float x) {
 
 // A moment's update b * old + omb * x (omb = 1 - b), rounded as XLA:CPU
 // rounds it. For a float32 moment LLVM contracts the left product, b * old.
-// For a moment loaded from bfloat16 (through a convert) it contracts the right
-// one, omb * x, unless XLA has dropped the factor omb because it is 1 (SGD
-// without dampening), which leaves b * old the only product to contract.
+// For a moment loaded from bfloat16 (through a convert) it mostly contracts
+// the right one, omb * x, unless XLA has dropped the factor omb because it is
+// 1 (SGD without dampening), which leaves b * old the only product. Not
+// always: with clipping or coupled decay in the chain the plain step's two
+// loops may each contract differently (they compute the moment twice), so
+// for bfloat16 moments the promise is the plain step's value or its bfloat16
+// neighbour (tests/test_fused.py), not the same bits.
 template <typename T>
 inline float Ema(float b, float old, float omb, float x) {
   if (std::is_same_v<T, Bf16> && omb != 1.0f) return Madd(omb, x, b * old);

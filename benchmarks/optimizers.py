@@ -75,7 +75,9 @@ def _gradtx(name: str) -> tuple[Any, Callable[..., Any]]:
 
     h = HYPERPARAMS
     adam_args = dict(b1=h["b1"], b2=h["b2"], eps=h["eps"])
-    if name == "adamw":
+    if name in ("adamw", "adamw_bf16"):
+        if name == "adamw_bf16":
+            adam_args["mu_dtype"] = jnp.bfloat16
         tx = gradtx.adamw(
             h["learning_rate"], weight_decay=h["weight_decay"], **adam_args
         )
@@ -86,13 +88,6 @@ def _gradtx(name: str) -> tuple[Any, Callable[..., Any]]:
     elif name == "clip_adamw":
         tx = gradtx.chain(
             gradtx.clip_by_global_norm(h["max_norm"]), _gradtx("adamw")[0]
-        )
-    elif name == "adamw_bf16":
-        tx = gradtx.adamw(
-            h["learning_rate"],
-            weight_decay=h["weight_decay"],
-            mu_dtype=jnp.bfloat16,
-            **adam_args,
         )
     else:
         raise ValueError(f"gradtx: unknown optimizer {name!r}")
@@ -105,7 +100,9 @@ def _optax(name: str) -> tuple[Any, Callable[..., Any]]:
 
     h = HYPERPARAMS
     adam_args = dict(b1=h["b1"], b2=h["b2"], eps=h["eps"])
-    if name == "adamw":
+    if name in ("adamw", "adamw_bf16"):
+        if name == "adamw_bf16":
+            adam_args["mu_dtype"] = jnp.bfloat16
         tx = optax.adamw(
             h["learning_rate"], weight_decay=h["weight_decay"], **adam_args
         )
@@ -115,13 +112,6 @@ def _optax(name: str) -> tuple[Any, Callable[..., Any]]:
         tx = optax.sgd(h["learning_rate"], momentum=h["momentum"])
     elif name == "clip_adamw":
         tx = optax.chain(optax.clip_by_global_norm(h["max_norm"]), _optax("adamw")[0])
-    elif name == "adamw_bf16":
-        tx = optax.adamw(
-            h["learning_rate"],
-            weight_decay=h["weight_decay"],
-            mu_dtype=jnp.bfloat16,
-            **adam_args,
-        )
     else:
         raise ValueError(f"optax: unknown optimizer {name!r}")
     return tx, optax.apply_updates

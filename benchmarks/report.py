@@ -70,6 +70,15 @@ def _ok(record: dict[str, Any], name: str) -> dict[str, Any] | None:
     return entry if entry and entry.get("status") == "ok" else None
 
 
+def _state_bytes(record: dict[str, Any], name: str) -> float | None:
+    """Bytes of optimizer state the step of `name` takes: its arguments less
+    the float32 params and grads (8 bytes per parameter)."""
+    memory = (_ok(record, name) or {}).get("memory") or {}
+    if "argument_bytes" not in memory:
+        return None
+    return memory["argument_bytes"] - 8 * record["n_params"]
+
+
 def _median(record: dict[str, Any], name: str) -> float | None:
     entry = _ok(record, name)
     return None if entry is None else entry["median_s"]
@@ -574,25 +583,19 @@ def target_rows(
                     "{:.1f} s",
                 )
         for r in records:
-            # mu_dtype=bfloat16 against float32 AdamW: the state is what the
-            # step's arguments hold beyond params and grads (float32 both)
-            bf16 = r["optimizer"] == "adamw_bf16"
-            f32 = cases.get(f"{r['tree']}/adamw") if bf16 else None
-            states = []
-            for case in (r, f32) if f32 else ():
-                memory = ((_ok(case, lib) or {}).get("memory")) or {}
-                if "argument_bytes" in memory:
-                    states.append(memory["argument_bytes"] - 8 * case["n_params"])
-            if len(states) == 2 and states[1] > 0:
-                ratio = states[0] / states[1]
-                rows.append(
-                    [
-                        f"{r['tree']}: {lib} state with mu_dtype=bfloat16 / float32 "
-                        "<= 0.75",
-                        f"{ratio:.3f}x",
-                        "yes" if ratio <= 0.75 + 1e-3 else "no",
-                    ]
-                )  # + 1e-3: the int32 step count is not cut
+            if r["optimizer"] != "adamw_bf16":
+                continue
+            base = cases.get(f"{r['tree']}/adamw")
+            bf16 = _state_bytes(r, lib)
+            f32 = _state_bytes(base, lib) if base else None
+            if bf16 is not None and f32:
+                add(
+                    f"{r['tree']}: {lib} state with mu_dtype=bfloat16 / float32 "
+                    "<= 0.75",
+                    bf16 / f32,
+                    0.75 + 1e-3,  # the int32 step count is not cut
+                    "{:.3f}x",
+                )
         for r in records:
             entry = _ok(r, lib)
             memory = (entry or {}).get("memory") or {}

@@ -5,7 +5,7 @@
 // once (28 bytes per float32 parameter for Adam, 20 for SGD with momentum),
 // where XLA:CPU emits three loops per leaf and moves 40. The arithmetic is
 // the plain path's, operation by operation, in float32, with the fused
-// multiply-adds and reciprocals that XLA:CPU itself uses (see Madd below);
+// multiply-adds that XLA:CPU itself uses (see Madd below);
 // the build passes -ffp-contract=off so that no other contraction happens.
 // Params and gradients are float32; each kind of moment (Adam's first and
 // second, the momentum) is kept in float32 or in bfloat16, widened on load
@@ -74,10 +74,10 @@ enum SgdScalar {
 // left product of `a * b + c * d`. Madd(a, b, c) = a * b + c rounds as XLA
 // does for the same expression: once, with an FMA unit, twice without. The
 // rest is compiled with -ffp-contract=off, so no other contraction happens.
-// XLA's algebraic simplifier also turns a division by a per-step scalar into
-// a multiplication by its reciprocal and folds constants into it
-// (`b1 * m / c` becomes `m * (b1 * (1 / c))`); the kernels take the
-// reciprocals and folded factors, computed the same way, as scalars.
+// The plain step (scale_by_adam) multiplies by the reciprocals of the bias
+// corrections, with constants folded into them (`m * ((1 / c') * b1)` for
+// Nesterov), so that XLA's simplifier has no division to rewrite; the kernels
+// take the same reciprocals and factors as scalars.
 
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
 inline float Madd(float a, float b, float c) { return std::fma(a, b, c); }

@@ -11,17 +11,15 @@ parameter for Adam, the least there is). XLA:CPU does not: it writes the new
 moments, then reads them back to update the parameter, about 40 bytes per
 parameter, and it runs each leaf's loops one after another.
 
-`fused_step(tx)` returns a function with the plain step's meaning,
-`params, state = step(params, state, grads)`. For the chains it knows (SGD
-with or without momentum, Adam, AdamW, Adam with coupled L2, each with an
-optional `clip_by_global_norm` in front), float32 params and gradients
-(moments in float32 or bfloat16) on a single CPU device, it runs the whole
-step as a few calls of a small C++ kernel that
-visits each element once, on all the cores XLA uses. The arithmetic is the
-plain path's, operation by operation, including the fused multiply-adds and
-reciprocals XLA:CPU uses: the moments are bit-identical, and so are the
-parameters except where XLA rounds the plain step of a many-leaf tree
-differently from leaf to leaf (then they agree to float32 round-off; see
+`fused_step(tx)` returns a function with the plain step's meaning, `params,
+state = step(params, state, grads)`. For the chains it knows (SGD with or
+without momentum, Adam, AdamW, Adam with coupled L2, each with an optional
+`clip_by_global_norm` in front), float32 params and gradients (moments in
+float32 or bfloat16) on a single CPU device, it runs the whole step as a few
+calls of a small C++ kernel that visits each element once, on all the cores
+XLA uses. The arithmetic is the plain path's, operation by operation,
+including the fused multiply-adds XLA:CPU uses: with float32 moments the
+parameters and the state are bit-identical to the plain step's (see
 docs/fused.md). With clipping, the gradient's norm is the plain step's too,
 except when its float32 sum of squares overflows or underflows: the plain
 step then sums rescaled squares again under `lax.cond`, the fused step asks
@@ -31,11 +29,11 @@ the two clip factors may differ in the last place. A moment kept in bfloat16
 (`mu_dtype=jnp.bfloat16`) is widened, updated in float32 and rounded back as
 XLA converts; the plain step computes such a moment twice, in two loops that
 LLVM contracts differently, so the kernel's stored moment is the plain
-step's or its bfloat16 neighbour. For anything else
-(another chain, another dtype, a GPU or TPU, a tree sharded over several
-devices) it runs the plain step, which is what it means. `flat_moments=True`
-keeps each moment in one flat array, so that a tree of many small leaves
-passes half as many buffers to the step.
+step's or its bfloat16 neighbour. For anything else (another chain, another
+dtype, a GPU or TPU, a tree sharded over several devices) it runs the plain
+step, which is what it means. `flat_moments=True` keeps each moment in one
+flat array, so that a tree of many small leaves passes half as many buffers
+to the step.
 
 The kernel (`gradtx/_fused.cc`) is compiled on first use with the system
 C++ compiler (`$CXX`, else `c++`, `g++` or `clang++`) against the XLA FFI
@@ -613,9 +611,8 @@ class FusedStep:
             adam_state = _get(state, core.path)
             count = safe_increment(adam_state.count)
             t = count.astype(jnp.float32)
-            # As XLA rewrites the plain step: m / c1 -> m * (1 / c1), and for
-            # Nesterov b1 * m / c1' + (1 - b1) * g / c1 -> m * ((1 / c1') * b1)
-            # + g * ((1 / c1) * (1 - b1)).
+            # The reciprocals scale_by_adam multiplies by: m * (1 / c1), and
+            # for Nesterov m * ((1 / c1') * b1) + g * ((1 / c1) * (1 - b1)).
             inv_c1 = 1 / bias_correction(b1, t)
             inv_c2 = 1 / bias_correction(b2, t)
             if hp["nesterov"]:
@@ -821,11 +818,8 @@ def fused_step(tx: GradientTransformation, *, flat_moments: bool = False) -> Fus
             updates, state = tx.update(grads, state, params)
             return apply_updates(params, updates), state
 
-    and the same results: bit for bit for SGD and for any chain on a
-    one-leaf tree; for Adam on a tree of many leaves the moments are
-    bit-identical and the parameters agree to float32 round-off (XLA itself
-    rounds the plain step differently from one tree to another). With
-    `clip_by_global_norm`, a gradient whose squares overflow or underflow
+    and the same results, bit for bit, for every chain below with float32
+    moments. With `clip_by_global_norm`, a gradient whose squares overflow or underflow
     float32 gets its norm summed in float64, which may differ from the plain
     step's in the last place. Moments kept in bfloat16 (`mu_dtype`,
     `nu_dtype`, `accumulator_dtype`) are updated in float32 and rounded once;

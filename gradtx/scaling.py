@@ -640,6 +640,11 @@ def scale_by_adam(
 
         m_hat_t = b1 * m_t / (1 - b1**(t+1)) + (1 - b1) * g_t / (1 - b1**t)
 
+    The divisions by the bias corrections are multiplications by their
+    reciprocals, taken once per step, so a leaf's update has the same bits
+    whatever else is in the tree and whichever way the compiler would have
+    rewritten a division.
+
     Args:
         b1: EMA rate of the first moment, in [0, 1).
         b2: EMA rate of the second moment, in [0, 1).
@@ -690,17 +695,16 @@ def scale_by_adam(
             nu=init_like(params, nu_dtype),
         )
 
-    def leaf(g, m, v, correction1, correction2, correction1_next):
+    def leaf(g, m, v, corrections):
         g_c = g.astype(compute_dtype(g, m, v))
+        inv_c1, inv_c2, inv_c1_next = corrections(g_c.dtype)
         m_new = b1 * m.astype(g_c.dtype) + (1 - b1) * g_c
         v_new = b2 * v.astype(g_c.dtype) + (1 - b2) * abs_sq(g_c)
         if nesterov:
-            m_hat = b1 * m_new / correction1_next.astype(g_c.dtype) + (
-                1 - b1
-            ) * g_c / correction1.astype(g_c.dtype)
+            m_hat = m_new * (inv_c1_next * b1) + g_c * (inv_c1 * (1 - b1))
         else:
-            m_hat = m_new / correction1.astype(g_c.dtype)
-        v_hat = v_new / correction2.astype(g_c.dtype)
+            m_hat = m_new * inv_c1
+        v_hat = v_new * inv_c2
         u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
         return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
@@ -712,13 +716,24 @@ def scale_by_adam(
         check_same_tree(fn, "updates", updates, "state.nu", state.nu)
         count = safe_increment(state.count)
         t = count.astype(_scalar_dtype(updates))
-        corrections = dict(
-            correction1=bias_correction(b1, t),
-            correction2=bias_correction(b2, t),
-            correction1_next=bias_correction(b1, t + 1) if nesterov else None,
-        )
+        c1, c2 = bias_correction(b1, t), bias_correction(b2, t)
+        c1_next = bias_correction(b1, t + 1) if nesterov else None
+        # Dividing by a bias correction is multiplying by its reciprocal,
+        # taken once per step and leaf dtype. XLA's algebraic simplifier makes
+        # that rewrite of `m / c` itself in some versions and not in others
+        # (it did not before jax 0.10.2), so written out the numbers do not
+        # depend on it, and the fused step (gradtx/fused.py) takes the same
+        # reciprocals.
+        cache: dict[Any, tuple[jax.Array, ...]] = {}
+
+        def corrections(dtype: Any) -> tuple[jax.Array, ...]:
+            if dtype not in cache:
+                inv_next = None if c1_next is None else 1 / c1_next.astype(dtype)
+                cache[dtype] = (1 / c1.astype(dtype), 1 / c2.astype(dtype), inv_next)
+            return cache[dtype]
+
         updates, mu, nu = map_leaves(
-            functools.partial(leaf, **corrections),
+            functools.partial(leaf, corrections=corrections),
             3,
             updates,
             state.mu,

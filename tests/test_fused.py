@@ -1,13 +1,12 @@
 """gradtx.fused_step: the one-pass CPU kernel against the plain step.
 
 The plain step (`tx.update`, then `apply_updates`) is what the fused step
-means. Where XLA's own rounding of the plain step is fixed (SGD, and every
-chain on a single-leaf tree) the two agree bit for bit. On trees of several
-leaves XLA rewrites the plain Adam step differently from leaf to leaf (it
-folds the bias corrections into one reciprocal or another), so there the
-moments still agree bit for bit and the parameters agree to float32
-round-off of the update, checked against a float64 evaluation of the same
-step.
+means. With float32 moments the two agree bit for bit, parameters and state,
+on one leaf and on trees of many leaves (scale_by_adam writes its bias
+corrections as reciprocals, so XLA has no division to fold one way in one
+tree and another way in the next); the Adam parameters are also checked
+against a float64 evaluation of the same step. Moments kept in bfloat16 are
+held to the plain step's value or its bfloat16 neighbour (see below).
 """
 
 from __future__ import annotations
@@ -209,8 +208,13 @@ def _adam_reference_step(tx_name, params, grads, mu, nu, t, lr, wd, flags):
 @pytest.mark.parametrize(
     "name", ["adam", "adam_nesterov", "adam_eps_root", "adamw", "adam_l2"]
 )
-def test_adam_on_many_leaves_rounds_like_the_plain_step(name):
-    """Moments bit-identical; params within float32 round-off of the step."""
+def test_adam_on_many_leaves_is_bit_identical_and_rounds_the_float64_step(name):
+    """Params and state bit-identical, both within round-off of float64.
+
+    On a tree of several leaves XLA used to fold the bias corrections of the
+    plain step differently (`m / (c1 * d)`), until scale_by_adam wrote them
+    as reciprocals; the bits must stay the same on every leaf.
+    """
     tx = ADAM_CHAINS[name]()
     lr, wd = 1e-2, (0.1 if name in ("adamw", "adam_l2") else 0.0)
     fused = jax.jit(gradtx.fused_step(tx))
@@ -218,25 +222,20 @@ def test_adam_on_many_leaves_rounds_like_the_plain_step(name):
     params = _tree(MANY)
     state = tx.init(params)
     flags = {k: True for k in params}
-    worst = 0.0
     for t in range(1, 16):
         grads = _grads(MANY, t)
         p_fused, s_fused = fused(params, state, grads)
         p_plain, s_plain = plain(params, state, grads)
+        _assert_identical((p_fused, s_fused), (p_plain, s_plain))
         i = [type(x).__name__ for x in state].index("ScaleByAdamState")
-        _assert_identical(s_fused[i], s_plain[i])  # count, mu and nu
         want, scale = _adam_reference_step(
             name, params, grads, state[i].mu, state[i].nu, t, lr, wd, flags
         )
         for k in params:
-            for got in (p_fused[k], p_plain[k]):
-                err = np.abs(np.asarray(got, np.float64) - want[k])
-                bound = 8 * EPS32 * scale[k] + np.finfo(np.float32).tiny
-                assert np.all(err <= bound), (k, float(np.max(err / bound)))
-            if scale[k].size:
-                worst = max(worst, float(np.max(np.abs(p_fused[k] - p_plain[k]))))
+            err = np.abs(np.asarray(p_fused[k], np.float64) - want[k])
+            bound = 8 * EPS32 * scale[k] + np.finfo(np.float32).tiny
+            assert np.all(err <= bound), (k, float(np.max(err / bound)))
         params, state = p_plain, s_plain
-    assert worst < 1e-6  # the two differ, if at all, by an ulp of the update
 
 
 @pytest.mark.parametrize(

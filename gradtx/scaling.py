@@ -719,11 +719,11 @@ def scale_by_adam(
         c1, c2 = bias_correction(b1, t), bias_correction(b2, t)
         c1_next = bias_correction(b1, t + 1) if nesterov else None
         # Dividing by a bias correction is multiplying by its reciprocal,
-        # taken once per step and leaf dtype. XLA's algebraic simplifier makes
-        # that rewrite of `m / c` itself in some versions and not in others
-        # (it did not before jax 0.10.2), so written out the numbers do not
-        # depend on it, and the fused step (gradtx/fused.py) takes the same
-        # reciprocals.
+        # taken once per step and leaf dtype. Left to XLA's algebraic
+        # simplifier, `m / c` stayed a division with jax 0.9.2, and with 0.10.2
+        # became `m * (1 / c)` on a one-leaf tree but `m / (c * d)` on larger
+        # ones; written out, the numbers do not depend on it, and the fused
+        # step (gradtx/fused.py) takes the same reciprocals.
         cache: dict[Any, tuple[jax.Array, ...]] = {}
 
         def corrections(dtype: Any) -> tuple[jax.Array, ...]:

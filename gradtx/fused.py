@@ -819,14 +819,15 @@ def fused_step(tx: GradientTransformation, *, flat_moments: bool = False) -> Fus
             return apply_updates(params, updates), state
 
     and the same results, bit for bit, for every chain below with float32
-    moments. With `clip_by_global_norm`, a gradient whose squares overflow or underflow
-    float32 gets its norm summed in float64, which may differ from the plain
-    step's in the last place. Moments kept in bfloat16 (`mu_dtype`,
-    `nu_dtype`, `accumulator_dtype`) are updated in float32 and rounded once;
-    each stored value is the plain step's or its bfloat16 neighbour, and
-    the parameters agree to float32 round-off. There the kernel saves more:
-    XLA:CPU recomputes a bfloat16 moment in the parameter's loop, and its
-    plain step is slower than the float32 one (1.6-2.8x on a 2-core CPU).
+    moments. With `clip_by_global_norm`, a gradient whose squares overflow
+    or underflow float32 gets its norm summed in float64, which may differ
+    from the plain step's in the last place. Moments kept in bfloat16
+    (`mu_dtype`, `nu_dtype`, `accumulator_dtype`) are updated in float32 and
+    rounded once; each stored value is the plain step's or its bfloat16
+    neighbour, and the parameters agree to float32 round-off. There the
+    kernel saves more: XLA:CPU recomputes a bfloat16 moment in the
+    parameter's loop, and its plain step is slower than the float32 one
+    (1.6-2.8x on a 2-core CPU).
 
     When `tx` is one of the chains below, params and grads are float32
     (moments float32 or bfloat16) and the step

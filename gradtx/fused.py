@@ -68,10 +68,10 @@ from gradtx.base import (
     Params,
     Updates,
     apply_updates,
-    bias_correction,
     safe_increment,
 )
 from gradtx.clipping import _NormKernels, clip_factors
+from gradtx.scaling import _adam_factors
 
 __all__ = ["FusedStep", "fused_step"]
 
@@ -611,15 +611,14 @@ class FusedStep:
             adam_state = _get(state, core.path)
             count = safe_increment(adam_state.count)
             t = count.astype(jnp.float32)
-            # The reciprocals scale_by_adam multiplies by: m * (1 / c1), and
-            # for Nesterov m * ((1 / c1') * b1) + g * ((1 / c1) * (1 - b1)).
-            inv_c1 = 1 / bias_correction(b1, t)
-            inv_c2 = 1 / bias_correction(b2, t)
+            # The factors scale_by_adam multiplies by, in float32.
+            m_factor, g_factor, inv_c2 = _adam_factors(
+                b1, b2, hp["nesterov"], t, jnp.float32
+            )
             if hp["nesterov"]:
-                nesterov_m = (1 / bias_correction(b1, t + 1)) * _f32(b1)
-                nesterov_g = inv_c1 * _f32(1 - b1)
+                inv_c1, nesterov_m, nesterov_g = one, m_factor, g_factor
             else:
-                nesterov_m = nesterov_g = one
+                inv_c1, nesterov_m, nesterov_g = m_factor, one, one
             scalars = [
                 rescale, ratio, coupled, b1, 1 - b1, b2, 1 - b2, inv_c1,
                 nesterov_m, nesterov_g, inv_c2, hp["eps_root"], hp["eps"],

@@ -38,6 +38,25 @@ def _scalar_dtype(tree: Any) -> jnp.dtype:
     return compute_dtype(*jax.tree.leaves(tree))
 
 
+def _adam_factors(
+    b1: ArrayLike, b2: ArrayLike, nesterov: bool, t: jax.Array, dtype: Any
+) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """What Adam multiplies by in place of dividing by its bias corrections.
+
+    Returns `(m_factor, g_factor, v_factor)` in `dtype` for step `t`:
+    `m_hat = m * m_factor` (plus `g * g_factor` with Nesterov; None
+    otherwise) and `v_hat = v * v_factor`. Each correction is cast to `dtype`
+    before its reciprocal is taken. `scale_by_adam` and `gradtx.fused_step`
+    both use these, so the two steps multiply by the same scalars.
+    """
+    inv_c1 = 1 / bias_correction(b1, t).astype(dtype)
+    inv_c2 = 1 / bias_correction(b2, t).astype(dtype)
+    if not nesterov:
+        return inv_c1, None, inv_c2
+    inv_c1_next = 1 / bias_correction(b1, t + 1).astype(dtype)
+    return inv_c1_next * b1, inv_c1 * (1 - b1), inv_c2
+
+
 def _check_dtype(fn: str, name: str, dtype: Any) -> jnp.dtype | None:
     if dtype is None:
         return None
@@ -695,16 +714,15 @@ def scale_by_adam(
             nu=init_like(params, nu_dtype),
         )
 
-    def leaf(g, m, v, corrections):
+    def leaf(g, m, v, factors):
         g_c = g.astype(compute_dtype(g, m, v))
-        inv_c1, inv_c2, inv_c1_next = corrections(g_c.dtype)
+        m_factor, g_factor, v_factor = factors(g_c.dtype)
         m_new = b1 * m.astype(g_c.dtype) + (1 - b1) * g_c
         v_new = b2 * v.astype(g_c.dtype) + (1 - b2) * abs_sq(g_c)
+        m_hat = m_new * m_factor
         if nesterov:
-            m_hat = m_new * (inv_c1_next * b1) + g_c * (inv_c1 * (1 - b1))
-        else:
-            m_hat = m_new * inv_c1
-        v_hat = v_new * inv_c2
+            m_hat = m_hat + g_c * g_factor
+        v_hat = v_new * v_factor
         u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
         return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
@@ -716,24 +734,17 @@ def scale_by_adam(
         check_same_tree(fn, "updates", updates, "state.nu", state.nu)
         count = safe_increment(state.count)
         t = count.astype(_scalar_dtype(updates))
-        c1, c2 = bias_correction(b1, t), bias_correction(b2, t)
-        c1_next = bias_correction(b1, t + 1) if nesterov else None
         # Dividing by a bias correction is multiplying by its reciprocal,
         # taken once per step and leaf dtype. Left to XLA's algebraic
         # simplifier, `m / c` stayed a division with jax 0.9.2, and with 0.10.2
         # became `m * (1 / c)` on a one-leaf tree but `m / (c * d)` on larger
         # ones; written out, the numbers do not depend on it, and the fused
-        # step (gradtx/fused.py) takes the same reciprocals.
-        cache: dict[Any, tuple[jax.Array, ...]] = {}
-
-        def corrections(dtype: Any) -> tuple[jax.Array, ...]:
-            if dtype not in cache:
-                inv_next = None if c1_next is None else 1 / c1_next.astype(dtype)
-                cache[dtype] = (1 / c1.astype(dtype), 1 / c2.astype(dtype), inv_next)
-            return cache[dtype]
-
+        # step (gradtx/fused.py) takes the same factors.
+        factors = functools.cache(
+            lambda dtype: _adam_factors(b1, b2, nesterov, t, dtype)
+        )
         updates, mu, nu = map_leaves(
-            functools.partial(leaf, corrections=corrections),
+            functools.partial(leaf, factors=factors),
             3,
             updates,
             state.mu,

@@ -404,6 +404,7 @@ class FusedStep:
         """Match `tx` against the kernels (see `fused_step`)."""
         self.tx = tx
         self.flat_moments = bool(flat_moments)
+        self._warned_flat = False
         try:
             self._plan: _Plan | None = _make_plan(tx)
             self.reason: str | None = None
@@ -490,7 +491,9 @@ class FusedStep:
         """The plain step: `tx.update`, then `apply_updates`.
 
         With flat moments the state is unflattened first and flattened again
-        after (slices and a concatenation that XLA adds to the step).
+        after (slices and a concatenation that XLA adds to the step, with a
+        copy of each moment); the numbers then match the per-leaf plain
+        step's to float32 round-off, as XLA fuses the loops differently.
         """
         if self.flat_moments:
             state = self.chain_state(state, params)
@@ -505,6 +508,7 @@ class FusedStep:
         if self._plan is None or not self._fits(grads, state, params):
             return self.plain(params, state, grads, **extra)
         if not kernel_available():
+            self._warn_flat("the kernel is turned off or could not be built")
             return self.plain(params, state, grads, **extra)
 
         def fused(params, state, grads):
@@ -513,6 +517,9 @@ class FusedStep:
         def plain(params, state, grads):
             return self.plain(params, state, grads, **extra)
 
+        if jax.default_backend() != "cpu":
+            backend = jax.default_backend()
+            self._warn_flat(f"JAX's default backend is {backend}, where it is plain")
         if _cpu_only():
             # A CPU-only process: the step can only be lowered for the CPU, so
             # the plain branch is not traced at all (tracing it costs about as
@@ -524,12 +531,40 @@ class FusedStep:
             params, state, grads, cpu=fused, default=plain
         )
 
+    def _warn_flat(self, why: str) -> None:
+        """Warn once that flat moments cost memory where the kernel does not run."""
+        if not self.flat_moments or self._warned_flat:
+            return
+        self._warned_flat = True
+        warnings.warn(
+            f"gradtx.fused_step(flat_moments=True): the CPU kernel does not run "
+            f"this step ({why}), so the plain step cuts each flat moment into "
+            "leaves and joins them again: several moments' worth of scratch "
+            "memory and about twice the traffic of per-leaf moments. Use "
+            "flat_moments=False here.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
     def _fits(self, grads: Updates, state: OptState, params: Params) -> bool:
+        misfit = self._misfit(grads, state, params)
+        if misfit is not None and misfit != "error":
+            self._warn_flat(misfit)
+        return misfit is None
+
+    def _misfit(self, grads: Updates, state: OptState, params: Params) -> str | None:
+        """Why the kernel cannot take these arrays; None if it can.
+
+        "error" means a state the plain step then refuses with an error (a
+        flat moment of the wrong size, a state not made for the chain).
+        """
         plan = self._plan
         assert plan is not None
         check_same_tree("fused_step", "grads", grads, "params", params)
-        if jax.device_count() != 1 or not _state_fits(plan, state):
-            return False
+        if jax.device_count() != 1:
+            return f"{jax.device_count()} devices"
+        if not _state_fits(plan, state):
+            return "error"
 
         def arrays_of(dtypes: tuple[Any, ...], arrays: list[Any]) -> bool:
             return all(
@@ -539,25 +574,25 @@ class FusedStep:
 
         arrays = [*jax.tree.leaves(params), *jax.tree.leaves(grads)]
         if not arrays or not arrays_of((jnp.dtype(jnp.float32),), arrays):
-            return False
+            return "params and gradients that are not all float32"
         total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
         for link, field in self._moment_fields():
             moments = getattr(_get(state, link.path), field, None)
             if moments is None:
-                return False
+                return "error"
             if self.flat_moments:
                 if getattr(moments, "shape", None) != (total,):
-                    return False  # the plain path explains the mismatch
+                    return "error"
             else:
                 where = f"fused_step ({link.role})"
                 check_same_tree(where, "grads", grads, f"state.{field}", moments)
             # each moment tree in one dtype the kernel keeps (float32, bfloat16)
             leaves = jax.tree.leaves(moments)
             if not arrays_of(_MOMENT_DTYPES, leaves):
-                return False
+                return f"{field} not in float32 or bfloat16"
             if len({jnp.result_type(x) for x in leaves}) > 1:
-                return False
-        return True
+                return f"{field} in more than one dtype"
+        return None
 
     def _fused(
         self, grads: Updates, state: OptState, params: Params
@@ -854,7 +889,10 @@ def fused_step(tx: GradientTransformation, *, flat_moments: bool = False) -> Fus
     and convert with `step.chain_state(state, params)` / `step.flat_state`.
     A tree of thousands of small leaves then passes half as many buffers to
     the compiled step, which is most of such a step's cost. The numbers are
-    the same as with per-leaf moments, bit for bit.
+    the same as with per-leaf moments, bit for bit. Where the kernel does
+    not run, the moments are cut into leaves and joined again every step,
+    at the cost of a copy of each (the step warns once): keep per-leaf
+    moments there.
 
     The kernel has no derivative (differentiate through `step.plain`). Under
     `jax.vmap` each batch row runs with its own scalars. See the module

@@ -669,8 +669,9 @@ def test_flat_moments_with_a_plain_fallback():
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _tree([(3,), (2, 2)]))
     grads = jax.tree.map(jnp.ones_like, params)
     state = step.init(params)
-    assert _custom_calls(step, params, state, grads) == 0
-    new, state = step(params, state, grads)
+    with pytest.warns(RuntimeWarning, match=r"not all float32\).*flat_moments=False"):
+        assert _custom_calls(step, params, state, grads) == 0
+    new, state = step(params, state, grads)  # warned once per step only
     want, want_state = gradtx.fused_step(tx).plain(params, tx.init(params), grads)
     _assert_identical(new, want)
     _assert_identical(step.chain_state(state, params), want_state)
@@ -727,6 +728,35 @@ def test_a_cpu_only_process_traces_the_kernel_alone():
     params = _tree([(4,)])
     text = jax.jit(gradtx.fused_step(tx)).lower(params, tx.init(params), params)
     assert "platform_index" not in text.as_text() and "case" not in text.as_text()
+
+
+def test_flat_moments_warn_once_where_the_kernel_does_not_run(monkeypatch):
+    """Off the kernel, flat moments are cut and joined each step: say so."""
+    tx = gradtx.adamw(1e-3)
+    params = _tree([(3,), (2, 2)])
+    per_leaf = jax.jit(gradtx.fused_step(tx).plain)
+    monkeypatch.setenv("GRADTX_FUSED", "0")
+    step = gradtx.fused_step(tx, flat_moments=True)
+    state = step.init(params)
+    with pytest.warns(RuntimeWarning, match=r"turned off.*flat_moments=False"):
+        new, new_state = step(params, state, params)
+    step(params, state, params)  # once per step: no second warning
+    # the plain step on the cut moments: per-leaf numbers to round-off only
+    # (XLA may contract the multiply-adds differently; see docs/fused.md)
+    want, want_state = per_leaf(params, tx.init(params), params)
+    for got, expected in [
+        (new, want),
+        (step.chain_state(new_state, params), want_state),
+    ]:
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+    monkeypatch.delenv("GRADTX_FUSED")
+    # a process whose default backend is an accelerator lowers the plain step
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.warns(RuntimeWarning, match="default backend is gpu"):
+        jax.jit(gradtx.fused_step(tx, flat_moments=True)).trace(params, state, params)
+    # per-leaf moments cost nothing extra on the plain path: no warning
+    jax.jit(gradtx.fused_step(tx)).trace(params, tx.init(params), params)
 
 
 def test_a_per_leaf_state_given_to_a_flat_step_is_refused():

@@ -32,3 +32,7 @@ timeout 120 $PY "${B[@]}" --trees one-1b --optimizers adamw \
 # 3. ResNet-50 x AdamW, Adam and SGD.
 timeout 90 $PY "${B[@]}" --trees resnet50 --optimizers adamw,adam,sgd \
     --rounds 10 --sample-seconds 0.1
+# 4. 2,200 small leaves: does handing over half the buffers (gradtx-flat)
+#    pay for the copies of the flat moments that the plain step makes there?
+timeout 100 $PY "${B[@]}" --trees many-small --optimizers adamw \
+    --rounds 5 --sample-seconds 0.1

@@ -539,9 +539,9 @@ class FusedStep:
         warnings.warn(
             f"gradtx.fused_step(flat_moments=True): the CPU kernel does not run "
             f"this step ({why}), so the plain step cuts each flat moment into "
-            "leaves and joins them again: several moments' worth of scratch "
-            "memory and about twice the traffic of per-leaf moments. Use "
-            "flat_moments=False here.",
+            "leaves and joins them again, at the cost of a copy of each moment "
+            "(scratch memory and traffic that per-leaf moments do not need; "
+            "see docs/fused.md, 'Flat moments').",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -891,8 +891,7 @@ def fused_step(tx: GradientTransformation, *, flat_moments: bool = False) -> Fus
     the compiled step, which is most of such a step's cost. The numbers are
     the same as with per-leaf moments, bit for bit. Where the kernel does
     not run, the moments are cut into leaves and joined again every step,
-    at the cost of a copy of each (the step warns once): keep per-leaf
-    moments there.
+    at the cost of a copy of each (the step warns once).
 
     The kernel has no derivative (differentiate through `step.plain`). Under
     `jax.vmap` each batch row runs with its own scalars. See the module

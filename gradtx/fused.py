@@ -92,6 +92,8 @@ _SYMBOLS = {
 # the number of buffers of one custom call (about 4 s for one call over 400
 # leaves); calls over a few dozen leaves each keep it near the plain step's.
 _GROUP = 32
+# What `FusedStep._misfit` says of a state the plain step refuses.
+_REFUSED = "refused"
 # Per-leaf flag bits, as in _fused.cc.
 _COUPLED, _DECOUPLED = 1, 2
 
@@ -519,7 +521,7 @@ class FusedStep:
 
         if jax.default_backend() != "cpu":
             backend = jax.default_backend()
-            self._warn_flat(f"JAX's default backend is {backend}, where it is plain")
+            self._warn_flat(f"JAX's default backend is {backend}, not the CPU")
         if _cpu_only():
             # A CPU-only process: the step can only be lowered for the CPU, so
             # the plain branch is not traced at all (tracing it costs about as
@@ -548,23 +550,24 @@ class FusedStep:
 
     def _fits(self, grads: Updates, state: OptState, params: Params) -> bool:
         misfit = self._misfit(grads, state, params)
-        if misfit is not None and misfit != "error":
+        if misfit is not None and misfit != _REFUSED:
             self._warn_flat(misfit)
         return misfit is None
 
     def _misfit(self, grads: Updates, state: OptState, params: Params) -> str | None:
         """Why the kernel cannot take these arrays; None if it can.
 
-        "error" means a state the plain step then refuses with an error (a
-        flat moment of the wrong size, a state not made for the chain).
+        `_REFUSED` means a state that the plain step then refuses with an
+        error (a flat moment of the wrong size, a state not made for the
+        chain).
         """
         plan = self._plan
         assert plan is not None
         check_same_tree("fused_step", "grads", grads, "params", params)
         if jax.device_count() != 1:
-            return f"{jax.device_count()} devices"
+            return f"{jax.device_count()} devices; the kernel runs on one"
         if not _state_fits(plan, state):
-            return "error"
+            return _REFUSED
 
         def arrays_of(dtypes: tuple[Any, ...], arrays: list[Any]) -> bool:
             return all(
@@ -579,10 +582,10 @@ class FusedStep:
         for link, field in self._moment_fields():
             moments = getattr(_get(state, link.path), field, None)
             if moments is None:
-                return "error"
+                return _REFUSED
             if self.flat_moments:
                 if getattr(moments, "shape", None) != (total,):
-                    return "error"
+                    return _REFUSED
             else:
                 where = f"fused_step ({link.role})"
                 check_same_tree(where, "grads", grads, f"state.{field}", moments)

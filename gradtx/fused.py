@@ -519,8 +519,7 @@ class FusedStep:
         def plain(params, state, grads):
             return self.plain(params, state, grads, **extra)
 
-        if jax.default_backend() != "cpu":
-            backend = jax.default_backend()
+        if (backend := jax.default_backend()) != "cpu":
             self._warn_flat(f"JAX's default backend is {backend}, not the CPU")
         if _cpu_only():
             # A CPU-only process: the step can only be lowered for the CPU, so

@@ -50,22 +50,30 @@ def variants(steps: int) -> dict[str, dict]:
         return lambda t: learning_rate * cosine(t)
 
     def adam_l2(learning_rate, weight_decay):
-        return gradtx.adam_l2(times_cosine(learning_rate), weight_decay)
+        return gradtx.adam_l2(times_cosine(learning_rate), weight_decay=weight_decay)
 
     def adamw(learning_rate, weight_decay):
-        return gradtx.adamw(times_cosine(learning_rate), weight_decay)
+        return gradtx.adamw(times_cosine(learning_rate), weight_decay=weight_decay)
 
     def adamw_multiplier(learning_rate, weight_decay):
-        return gradtx.adamw_multiplier(learning_rate, weight_decay, schedule=cosine)
+        return gradtx.adamw_multiplier(
+            learning_rate, weight_decay=weight_decay, schedule=cosine
+        )
 
     def adamw_independent(learning_rate, weight_decay):
-        return gradtx.adamw_independent(times_cosine(learning_rate), weight_decay)
+        return gradtx.adamw_independent(
+            times_cosine(learning_rate), weight_decay=weight_decay
+        )
 
     def sgd_l2(learning_rate, weight_decay):
-        return gradtx.sgd_l2(times_cosine(learning_rate), weight_decay, momentum=0.9)
+        return gradtx.sgd_l2(
+            times_cosine(learning_rate), weight_decay=weight_decay, momentum=0.9
+        )
 
     def sgdw(learning_rate, weight_decay):
-        return gradtx.sgdw(times_cosine(learning_rate), weight_decay, momentum=0.9)
+        return gradtx.sgdw(
+            times_cosine(learning_rate), weight_decay=weight_decay, momentum=0.9
+        )
 
     # Log10 ranges, chosen so that every grid runs from "no visible effect"
     # to "decay too strong" at every learning rate, and the learning rates

@@ -1,9 +1,9 @@
 """Validation helpers shared by every transformation.
 
 Hyperparameters are checked once, when a transformation is built; trees are
-checked when `update` is traced. Only plain Python or NumPy numbers are
-range-checked: arrays, tracers and schedules pass through untouched, because
-their values are not known when the transformation is built.
+checked when `update` is traced. Numbers and concrete arrays are
+range-checked; tracers and schedules pass through untouched, because their
+values are not known when the transformation is built.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -25,11 +26,19 @@ def check_in_range(
     *,
     low_open: bool = False,
     high_open: bool = False,
+    allow_inf: bool = False,
 ) -> None:
-    """Raise `ValueError` unless `value` lies in the interval from `low` to `high`.
+    """Raise unless `value` is a real number in the interval from `low` to `high`.
 
-    The bounds are closed unless `low_open` or `high_open` is set. Values that
-    are not real numbers (arrays, tracers, schedules) are not checked.
+    The bounds are closed unless `low_open` or `high_open` is set; with no
+    upper bound (`high = math.inf`) infinity itself is refused unless
+    `allow_inf` is set (for a bound such as a clipping threshold, where inf
+    means "no bound"). NaN is always refused.
+
+    Numbers and concrete arrays (NumPy or JAX, every element) are checked.
+    Schedules (callables), tracers and None are not: their values are unknown
+    when the transformation is built (`inject_hyperparams` checks a
+    schedule's first value itself).
 
     Args:
         fn: Name of the function that received the value, for the message.
@@ -39,21 +48,94 @@ def check_in_range(
         high: Upper bound, `math.inf` for none.
         low_open: Exclude `low` itself.
         high_open: Exclude `high` itself.
+        allow_inf: Accept `inf` when there is no upper bound.
 
     Raises:
-        ValueError: If `value` is a real number outside the interval, or NaN.
+        TypeError: If `value` is a bool, a string, a complex number or
+            anything else that is not a real number or array.
+        ValueError: If a real value lies outside the interval, or is NaN.
     """
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if value is None or callable(value) or isinstance(value, jax.core.Tracer):
         return
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high or math.isnan(value):
+    values = _real_values(fn, name, value)
+    if values is None:
+        return  # an array spread over processes: not readable here
+    inf_ok = allow_inf and high == math.inf
+    with np.errstate(invalid="ignore"):
+        too_low = values <= low if low_open else values < low
+        open_top = high_open or (high == math.inf and not inf_ok)
+        too_high = values >= high if open_top else values > high
+        bad = too_low | too_high | np.isnan(values)
+    if np.any(bad):
         left = f"({low:g}" if low_open else f"[{low:g}"
         if high == math.inf:
-            right = "inf)"
+            right = "inf]" if inf_ok else "inf)"
         else:
             right = f"{high:g})" if high_open else f"{high:g}]"
-        raise ValueError(f"{fn}: {name} must be in {left}, {right}, got {value!r}")
+        got = value if np.ndim(value) == 0 else values[bad].flat[0]
+        got = got.item() if isinstance(got, np.generic | np.ndarray) else got
+        if isinstance(got, jax.Array):
+            got = np.asarray(got).item()
+        raise ValueError(f"{fn}: {name} must be in {left}, {right}, got {got!r}")
+
+
+def _real_values(fn: str, name: str, value: Any) -> np.ndarray | None:
+    """`value` as a float64 NumPy array, or a `TypeError` if it is not real."""
+    dtype = getattr(value, "dtype", None)
+    if isinstance(value, bool | np.bool_) or (
+        dtype is not None and np.dtype(dtype) == np.bool_
+    ):
+        raise TypeError(f"{fn}: {name} must be a real number, got the bool {value!r}")
+    if isinstance(value, numbers.Real):
+        return np.asarray(float(value))
+    if isinstance(value, jax.Array | np.ndarray | np.generic):
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            return None
+        if jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(
+            value.dtype, jnp.floating
+        ):
+            return np.asarray(value, np.float64)
+    raise TypeError(
+        f"{fn}: {name} must be a real number, a real array or a schedule, got "
+        f"{type(value).__name__} {value!r}"
+    )
+
+
+def check_count(
+    fn: str, name: str, value: Any, low: int, *, strict: bool = False
+) -> int:
+    """Return `value` as an int if it is a whole number >= low (> low if strict).
+
+    Step counts and sizes (`transition_steps`, `every_k`) take Python or NumPy
+    integers, or floats with no fractional part (`1e3`).
+
+    Raises:
+        TypeError: If `value` is not a whole number (a bool, 2.5, a string,
+            an array).
+        ValueError: If it is below `low` (or equal to it with `strict`).
+    """
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{fn}: {name} must be a whole number of steps, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    check_in_range(fn, name, int(value), low, low_open=strict)
+    return int(value)
+
+
+def check_flag(fn: str, name: str, value: Any) -> None:
+    """Raise `TypeError` unless a flag such as `nesterov` is a bool.
+
+    A flag that takes any truthy value would turn an argument given in
+    another library's positional order (a dtype, a number) into a silent
+    switch.
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"{fn}: {name} must be True or False, got {type(value).__name__} {value!r}"
+        )
 
 
 def path_str(path: tuple[Any, ...]) -> str:
@@ -163,12 +245,53 @@ def broadcast_prefix(
     try:
         subtrees = prefix_def.flatten_up_to(tree)
     except (ValueError, TypeError):
+        _explain_prefix_mismatch(fn, name, [path_str(p) for p, _ in flat], tree)
         check_same_tree(fn, name, prefix, "params", tree)
-        raise  # check_same_tree raises first; kept for type checkers
+        raise  # one of the two raises first; kept for type checkers
     pairs: list[tuple[str, Any]] = []
     for (path, value), subtree in zip(flat, subtrees, strict=True):
         pairs.extend([(path_str(path), value)] * len(jax.tree.leaves(subtree)))
     return pairs
+
+
+def _explain_prefix_mismatch(
+    fn: str, name: str, prefix_paths: list[str], tree: Any
+) -> None:
+    """Raise a `ValueError` naming the key a prefix tree lacks or has extra.
+
+    A prefix leaf at `c` covers every leaf of the tree under `c/`, so the
+    paths are compared up to that prefix, not leaf by leaf.
+    """
+    tree_paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+    def parts(path: str) -> list[str]:
+        return [] if path == "<root>" else path.split("/")
+
+    covers = [parts(p) for p in prefix_paths]
+    nodes = {tuple(c[:i]) for c in covers for i in range(len(c) + 1)}
+    missing = None  # the first params key the prefix has no entry for
+    for path in tree_paths:
+        keys = parts(path)
+        if not any(keys[: len(c)] == c for c in covers):
+            depth = max(i for i in range(len(keys) + 1) if tuple(keys[:i]) in nodes)
+            missing = "/".join(keys[: depth + 1])
+            break
+    tree_nodes = {
+        tuple(parts(p)[:i]) for p in tree_paths for i in range(len(parts(p)) + 1)
+    }
+    extra = next((p for p in prefix_paths if tuple(parts(p)) not in tree_nodes), None)
+    hint = f"give {name} the params' structure (a value at a node covers its subtree)"
+    if missing and extra:
+        raise ValueError(
+            f"{fn}: {name} has no entry for '{missing}' of the params; it has "
+            f"'{extra}' instead, which the params lack; {hint}"
+        )
+    if missing:
+        raise ValueError(
+            f"{fn}: {name} has no entry for '{missing}' of the params; {hint}"
+        )
+    if extra:
+        raise ValueError(f"{fn}: {name} has '{extra}', which the params lack; {hint}")
 
 
 def mask_flags(fn: str, mask: Any, params: Any) -> list[bool]:

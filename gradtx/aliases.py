@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradtx._checks import check_in_range
+from gradtx._checks import check_flag, check_in_range
 from gradtx.base import ArrayLike, GradientTransformation, ScalarOrSchedule, chain
 from gradtx.decay import Mask, add_decayed_weights
 from gradtx.scaling import (
@@ -26,6 +26,7 @@ from gradtx.scaling import (
 def _momentum_links(
     fn: str, momentum: ArrayLike | None, nesterov: bool, dampening: ArrayLike = 0.0
 ) -> list[GradientTransformation]:
+    check_flag(fn, "nesterov", nesterov)
     if momentum is None:
         if nesterov or (isinstance(dampening, int | float) and dampening != 0):
             raise ValueError(
@@ -40,6 +41,7 @@ def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: ArrayLike | None = None,
     nesterov: bool = False,
+    *,
     dampening: ArrayLike = 0.0,
 ) -> GradientTransformation:
     """Stochastic gradient descent, with optional (Nesterov) momentum.
@@ -77,6 +79,7 @@ def rmsprop(
     learning_rate: ScalarOrSchedule,
     decay: ArrayLike = 0.9,
     eps: ArrayLike = 1e-8,
+    *,
     eps_in_sqrt: bool = False,
     centered: bool = False,
     momentum: ArrayLike | None = None,
@@ -186,13 +189,16 @@ def adam(
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
-    nesterov: bool = False,
     mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
     nu_dtype: Any = None,
 ) -> GradientTransformation:
     """Adam, with no weight decay.
 
-    Chain: scale_by_adam -> scale_by_learning_rate.
+    Chain: scale_by_adam -> scale_by_learning_rate. The positional order is
+    optax's (`learning_rate, b1, b2, eps, eps_root, mu_dtype`); the flags
+    after it are keyword-only.
 
     Args:
         learning_rate: Step size, a number in [0, inf) or a schedule.
@@ -203,8 +209,8 @@ def adam(
             value (1e-8) to differentiate through the update (meta-learning):
             sqrt has an infinite derivative at 0, where the second moment of
             a parameter whose gradients are all zero sits.
-        nesterov: Use the Nesterov form of the first moment (NAdam).
         mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nesterov: Use the Nesterov form of the first moment (NAdam).
         nu_dtype: Dtype of the second moment; None keeps the params' dtype.
             Pass float32 for float16 params (see `scale_by_adam`).
 
@@ -228,8 +234,8 @@ def adam(
             b2=b2,
             eps=eps,
             eps_root=eps_root,
-            nesterov=nesterov,
             mu_dtype=mu_dtype,
+            nesterov=nesterov,
             nu_dtype=nu_dtype,
         ),
         scale_by_learning_rate(learning_rate),
@@ -238,9 +244,16 @@ def adam(
 
 def adam_l2(
     learning_rate: ScalarOrSchedule,
+    *,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Mask = None,
-    **adam_args: Any,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    nesterov: bool = False,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     """Adam on an L2-penalised loss: the decay passes through Adam's scaling.
 
@@ -252,7 +265,13 @@ def adam_l2(
         learning_rate: Step size, a number in [0, inf) or a schedule.
         weight_decay: L2 coefficient (gradient of `wd/2 * ||p||**2`).
         mask: Leaves to decay, as in `add_decayed_weights`.
-        **adam_args: Passed to `scale_by_adam` (b1, b2, eps, ...).
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nesterov: Use the Nesterov form of the first moment.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
 
     Returns:
         A `chain`; the equations are on its links.
@@ -268,16 +287,31 @@ def adam_l2(
     """
     return chain(
         add_decayed_weights(weight_decay, mask=mask),
-        scale_by_adam(**adam_args),
+        scale_by_adam(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+        ),
         scale_by_learning_rate(learning_rate),
     )
 
 
 def adamw(
     learning_rate: ScalarOrSchedule,
+    *,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Mask = None,
-    **adam_args: Any,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    nesterov: bool = False,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     """Adam with decoupled weight decay: the decay skips Adam's scaling.
 
@@ -286,11 +320,21 @@ def adamw(
     same fraction `lr * wd`. This is the torch.optim.AdamW and optax.adamw
     convention (the decay is multiplied by the full learning rate).
 
+    Everything after `learning_rate` is keyword-only: optax's `adamw` takes
+    `b1` second and `weight_decay` seventh, so a positional call written for
+    either library raises instead of setting another hyperparameter.
+
     Args:
         learning_rate: Step size, a number in [0, inf) or a schedule.
         weight_decay: Decay rate per unit of learning rate.
         mask: Leaves to decay, as in `add_decayed_weights`.
-        **adam_args: Passed to `scale_by_adam` (b1, b2, eps, ...).
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nesterov: Use the Nesterov form of the first moment.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
 
     Returns:
         A `chain`; the equations are on its links.
@@ -309,7 +353,15 @@ def adamw(
         2019.
     """
     return chain(
-        scale_by_adam(**adam_args),
+        scale_by_adam(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+        ),
         add_decayed_weights(weight_decay, mask=mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -317,10 +369,17 @@ def adamw(
 
 def adamw_multiplier(
     learning_rate: ArrayLike,
+    *,
     weight_decay: ArrayLike = 1e-4,
     schedule: ScalarOrSchedule = 1.0,
     mask: Mask = None,
-    **adam_args: Any,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    nesterov: bool = False,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     """AdamW as in Loshchilov and Hutter's Algorithm 2.
 
@@ -340,7 +399,13 @@ def adamw_multiplier(
         weight_decay: Decay per unit of the multiplier (lambda in the paper).
         schedule: The multiplier eta_t: a schedule or a number (1.0: none).
         mask: Leaves to decay, as in `add_decayed_weights`.
-        **adam_args: Passed to `scale_by_adam` (b1, b2, eps, ...).
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nesterov: Use the Nesterov form of the first moment.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
 
     Returns:
         A `chain`; the equations are on its links.
@@ -369,7 +434,15 @@ def adamw_multiplier(
         )
     check_in_range("adamw_multiplier", "learning_rate", learning_rate, 0.0)
     return chain(
-        scale_by_adam(**adam_args),
+        scale_by_adam(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+        ),
         scale(learning_rate),
         add_decayed_weights(weight_decay, mask=mask),
         scale_by_learning_rate(schedule),
@@ -378,9 +451,16 @@ def adamw_multiplier(
 
 def adamw_independent(
     learning_rate: ScalarOrSchedule,
+    *,
     weight_decay: ArrayLike = 1e-4,
     mask: Mask = None,
-    **adam_args: Any,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    nesterov: bool = False,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     """Adam with weight decay independent of the learning rate and schedule.
 
@@ -396,7 +476,13 @@ def adamw_independent(
         learning_rate: Step size, a number in [0, inf) or a schedule.
         weight_decay: Fraction of each weight removed per step, in [0, 1).
         mask: Leaves to decay, as in `add_decayed_weights`.
-        **adam_args: Passed to `scale_by_adam` (b1, b2, eps, ...).
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nesterov: Use the Nesterov form of the first moment.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
 
     Returns:
         A `chain`; the equations are on its links.
@@ -418,7 +504,15 @@ def adamw_independent(
         "adamw_independent", "weight_decay", weight_decay, 0.0, 1.0, high_open=True
     )
     return chain(
-        scale_by_adam(**adam_args),
+        scale_by_adam(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+        ),
         scale_by_schedule(learning_rate),
         add_decayed_weights(weight_decay, mask=mask),
         scale(-1.0),
@@ -427,6 +521,7 @@ def adamw_independent(
 
 def sgd_l2(
     learning_rate: ScalarOrSchedule,
+    *,
     weight_decay: ScalarOrSchedule = 1e-4,
     momentum: ArrayLike | None = None,
     nesterov: bool = False,
@@ -463,6 +558,7 @@ def sgd_l2(
 
 def sgdw(
     learning_rate: ScalarOrSchedule,
+    *,
     weight_decay: ScalarOrSchedule = 1e-4,
     momentum: ArrayLike | None = None,
     nesterov: bool = False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -128,7 +129,7 @@ def described(factory: F) -> F:
 
     @functools.wraps(factory)
     def build(*args, **kwargs):
-        tx = factory(*args, **kwargs)
+        tx = _taking_python_numbers(factory(*args, **kwargs))
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         children: tuple[Any, ...] = ()
@@ -150,6 +151,34 @@ def described(factory: F) -> F:
         )
 
     return build  # type: ignore[return-value]
+
+
+def _as_arrays(tree: Any) -> Any:
+    """`tree` with its Python-number leaves (`1.0`, `2`) made JAX arrays."""
+    if not any(isinstance(x, numbers.Number) for x in jax.tree.leaves(tree)):
+        return tree  # the usual case: no copy of the tree
+    return jax.tree.map(
+        lambda x: jnp.asarray(x) if isinstance(x, numbers.Number) else x, tree
+    )
+
+
+def _taking_python_numbers(tx: Any) -> Any:
+    """`tx` with init and update accepting Python numbers as leaves.
+
+    Equations call array methods (`astype`, `size`) on each leaf; a tree of
+    Python floats, which `jax.grad` accepts, would otherwise fail there.
+    """
+    init, update = tx
+
+    def init_arrays(params: Params) -> OptState:
+        return init(_as_arrays(params))
+
+    def update_arrays(
+        updates: Updates, state: OptState, params: Params | None = None, **extra
+    ) -> tuple[Updates, OptState]:
+        return update(_as_arrays(updates), state, _as_arrays(params), **extra)
+
+    return GradientTransformation(init_arrays, update_arrays)
 
 
 # ----------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def clip(max_delta: ArrayLike) -> GradientTransformation:
         u = min(max(g, -max_delta), max_delta)
 
     Args:
-        max_delta: The bound, in [0, inf).
+        max_delta: The bound, in [0, inf] (inf: no clipping).
 
     Returns:
         A `GradientTransformation` whose state is an `EmptyState`.
@@ -60,7 +60,7 @@ def clip(max_delta: ArrayLike) -> GradientTransformation:
         >>> tx.update(jnp.array([-3.0, 0.5, 2.0]), tx.init(None))[0]
         Array([-1. ,  0.5,  1. ], dtype=float32)
     """
-    check_in_range("clip", "max_delta", max_delta, 0.0)
+    check_in_range("clip", "max_delta", max_delta, 0.0, allow_inf=True)
 
     def init(params: Params) -> EmptyState:
         del params
@@ -193,7 +193,10 @@ def clip_factors(
     its CPU `kernels` (see `_scaled_norm`).
     """
     root, scale = _scaled_norm(updates, kernels)
-    over = root > max_norm * scale
+    # Written as "not within" so that a NaN norm counts as over the bound:
+    # its ratio is then NaN and every leaf becomes NaN, as in optax and
+    # torch, instead of passing the other leaves through unclipped.
+    over = ~(root <= max_norm * scale)
     ratio = jnp.where(over, max_norm / jnp.where(over, root, 1.0), 1.0)
     rescale = jnp.where(over, scale, 1.0)
     return rescale, ratio
@@ -208,10 +211,14 @@ def clip_by_global_norm(max_norm: ArrayLike) -> GradientTransformation:
         u = g * min(1, max_norm / ||g||)
 
     Updates already within the bound pass through unchanged; the direction
-    is never altered.
+    is never altered. If any element is NaN the norm is NaN and every update
+    of the tree becomes NaN, so that the fault is visible (guard the step
+    with `apply_if_finite` to skip it) rather than the other leaves passing
+    through unclipped.
 
     Args:
-        max_norm: The largest global norm allowed, in [0, inf).
+        max_norm: The largest global norm allowed, in [0, inf] (inf: no
+            clipping).
 
     Returns:
         A `GradientTransformation` whose state is an `EmptyState`.
@@ -230,7 +237,7 @@ def clip_by_global_norm(max_norm: ArrayLike) -> GradientTransformation:
         Pascanu, Mikolov and Bengio, "On the difficulty of training recurrent
         neural networks", ICML 2013.
     """
-    check_in_range("clip_by_global_norm", "max_norm", max_norm, 0.0)
+    check_in_range("clip_by_global_norm", "max_norm", max_norm, 0.0, allow_inf=True)
 
     def init(params: Params) -> EmptyState:
         del params

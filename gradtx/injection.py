@@ -204,8 +204,24 @@ def inject_hyperparams(
             values = {}
             for k in sorted([*numeric, *schedules]):  # sorted, as jax.tree does
                 value = schedules[k](count) if k in schedules else stored[k]
-                values[k] = jnp.asarray(value, dtype)
+                # A copy: the state must not hold the caller's own buffer,
+                # which a donated step would consume (or donate twice).
+                values[k] = jnp.array(value, dtype, copy=True)
             return values
+
+        # The values the first step will use, as they will be stored (a b2 of
+        # 1 - 1e-9 becomes 1.0 in float32), are checked by the factory's own
+        # range checks. Values that only exist under a trace are not checked.
+        first = {**numeric}
+        first.update({k: schedules[k](jnp.zeros([], jnp.int32)) for k in schedules})
+
+        def validate(new: dict[str, Any]) -> None:
+            """Build the plain optimizer from concrete values: its checks run."""
+            _check_types(fn, new)
+            make({k: _as_stored(v, dtype) for k, v in {**first, **new}.items()})
+
+        _check_types(fn, first)
+        validate({})
 
         def init(params: Params) -> InjectHyperparamsState:
             count = jnp.zeros([], jnp.int32)
@@ -232,12 +248,63 @@ def inject_hyperparams(
             )
             return updates, new_state
 
-        return GradientTransformation(init, update, name=fn, hyperparams=kwargs)
+        tx = GradientTransformation(init, update, name=fn, hyperparams=kwargs)
+        tx.validate_hyperparams = validate  # read by set_hyperparams(tx=...)
+        return tx
 
     return build
 
 
-def set_hyperparams(state: OptState, **values: ArrayLike) -> OptState:
+def _check_types(fn: str, values: dict[str, Any]) -> None:
+    """Refuse what no numeric hyperparameter can be: bools, strings, complex."""
+    for name, value in values.items():
+        if isinstance(value, jax.core.Tracer):
+            continue
+        dtype = getattr(value, "dtype", None)
+        if isinstance(value, bool | np.bool_ | str | bytes) or (
+            dtype is not None
+            and not (
+                jnp.issubdtype(dtype, jnp.floating)
+                or jnp.issubdtype(dtype, jnp.integer)
+            )
+        ):
+            raise TypeError(
+                f"{fn}: {name} must be a real number or array, got "
+                f"{type(value).__name__} {value!r}"
+            )
+        if dtype is None and not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"{fn}: {name} must be a real number or array, got "
+                f"{type(value).__name__} {value!r}"
+            )
+
+
+def _as_stored(value: Any, dtype: Any) -> Any:
+    """`value` rounded to the stored dtype, concrete where it can be."""
+    if isinstance(value, jax.core.Tracer) or (
+        isinstance(value, jax.Array) and not value.is_fully_addressable
+    ):
+        return value
+    return np.asarray(value, dtype)
+
+
+def _injected_links(tx: Any) -> list[GradientTransformation]:
+    """Every transformation built by `inject_hyperparams` inside `tx`."""
+    found = []
+    if hasattr(tx, "validate_hyperparams"):
+        found.append(tx)
+    inner = list(getattr(tx, "children", ()))
+    for value in getattr(tx, "hyperparams", {}).values():
+        inner.extend(value.values() if isinstance(value, dict) else [value])
+    for link in inner:
+        if isinstance(link, GradientTransformation):
+            found.extend(_injected_links(link))
+    return found
+
+
+def set_hyperparams(
+    state: OptState, tx: GradientTransformation | None = None, **values: ArrayLike
+) -> OptState:
     """Replace injected hyperparameters wherever they sit in a state.
 
     Finds every `InjectHyperparamsState` in `state` (at the top, inside a
@@ -246,16 +313,27 @@ def set_hyperparams(state: OptState, **values: ArrayLike) -> OptState:
     step does not recompile. A value that a schedule computes is recomputed
     at the next update, so replacing it has no lasting effect.
 
+    Concrete values are checked before anything is replaced. Every value
+    must be a real number or array, and finite. Given the optimizer `tx`
+    the state belongs to, each value is also checked exactly as that
+    optimizer's factory checks it (so a negative learning rate or `b1 = 1`
+    is refused, with the factory's message); a state alone does not say
+    which ranges apply. Traced values (inside `jax.jit`) are not checked.
+
     Args:
         state: The state of a transformation that contains
             `inject_hyperparams` somewhere.
+        tx: The optimizer that built `state`, to check values against its
+            factories' ranges; None checks only that they are finite reals.
         **values: New values, by hyperparameter name.
 
     Returns:
         The state with the values replaced; `state` itself is unchanged.
 
     Raises:
-        ValueError: If a name is not an injected hyperparameter of `state`.
+        ValueError: If a name is not an injected hyperparameter of `state`,
+            or a value is NaN, infinite or outside its factory's range.
+        TypeError: If a value is a bool, a string or complex.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -268,6 +346,22 @@ def set_hyperparams(state: OptState, **values: ArrayLike) -> OptState:
         >>> state[1].hyperparams["learning_rate"]
         Array(0.0005, dtype=float32)
     """
+    fn = "set_hyperparams"
+    _check_types(fn, values)
+    if tx is None:
+        for name, value in values.items():
+            if not isinstance(value, jax.core.Tracer):
+                finite = np.isfinite(np.asarray(value, np.float64))
+                if not np.all(finite):
+                    raise ValueError(
+                        f"{fn}: {name} must be finite, got {value!r}; pass tx= "
+                        "to check it against the optimizer's own ranges"
+                    )
+    else:
+        for link in _injected_links(tx):
+            mine = {k: v for k, v in values.items() if k in link.hyperparams}
+            if mine:
+                link.validate_hyperparams(mine)
     seen: set[str] = set()
 
     def is_injected(node: Any) -> bool:
@@ -281,7 +375,7 @@ def set_hyperparams(state: OptState, **values: ArrayLike) -> OptState:
             if name in hyperparams:
                 old = jnp.asarray(hyperparams[name])
                 hyperparams[name] = jnp.broadcast_to(
-                    jnp.asarray(value, old.dtype), old.shape
+                    jnp.array(value, old.dtype, copy=True), old.shape
                 )
                 seen.add(name)
         inner = jax.tree.map(replace, node.inner_state, is_leaf=is_injected)

@@ -74,7 +74,17 @@ class _PathMask:
         def select(path: tuple[Any, ...], leaf: Any) -> bool:
             return _is_array(leaf) and any(self._matches(p) for p in _paths(path))
 
-        return jax.tree_util.tree_map_with_path(select, params)
+        selected = jax.tree_util.tree_map_with_path(select, params)
+        leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+        paths = [q for path, leaf in leaves if _is_array(leaf) for q in _paths(path)]
+        for pattern in self.patterns:
+            if not any(_PathMask((pattern,))._matches(q) for q in paths):
+                shown = ", ".join(repr(q) for q in paths[:5])
+                raise ValueError(
+                    f"by_path: the pattern {pattern!r} matches no array leaf of "
+                    f"the params (a typo?); their paths begin {shown}"
+                )
+        return selected
 
     def __repr__(self) -> str:
         return f"by_path({', '.join(repr(p) for p in self.patterns)})"
@@ -102,6 +112,9 @@ def by_path(*patterns: str | re.Pattern[str]) -> Callable[[Params], Any]:
     Raises:
         TypeError: If no pattern is given or a pattern is neither a string
             nor a compiled regular expression.
+        ValueError: When the returned function is called, if a pattern
+            matches no array leaf of the params (a misspelt name would
+            otherwise select nothing, silently).
 
     Examples:
         >>> import re
@@ -135,11 +148,26 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^a-z]+", name.lower()) if w]
 
 
+# Words that name a normalization layer, after `_words` (`LayerNorm_0` ->
+# `layernorm`, `batch_norm` -> `batch`, `norm`). A word merely beginning or
+# ending in "norm" (`normal_head`, `normalizing_flow`, `enorm`) is not one.
+_NORM_WORDS = {
+    "norm",
+    "ln",
+    "layernorm",
+    "batchnorm",
+    "groupnorm",
+    "rmsnorm",
+    "instancenorm",
+    "prenorm",
+    "postnorm",
+    "qknorm",
+}
+
+
 def _names_norm(name: str) -> bool:
     """Whether a key names a normalization layer: `LayerNorm_0`, `norm1`, `ln_f`."""
-    return any(
-        w.startswith("norm") or w.endswith("norm") or w == "ln" for w in _words(name)
-    )
+    return any(w in _NORM_WORDS for w in _words(name))
 
 
 def _is_norm_module(node: Any) -> bool:
@@ -171,11 +199,12 @@ def no_decay_for_biases_and_norms(params: Params) -> Any:
     - its name (the last key of its path) is not `bias` or `b` and has no
       `bias` word in it (`bias`, `in_proj_bias`), so a convolution bias of
       shape (C, 1, 1) is not decayed;
-    - no key on its path names a normalization layer (a word that begins or
-      ends with `norm`, as in `LayerNorm_0`, `norm1`, `batch_norm`, or is
-      `ln`, as in `ln_f`), and it does not sit inside a module object whose
-      class name ends in `Norm` (equinox `LayerNorm`, `RMSNorm`,
-      `GroupNorm`, `BatchNorm`).
+    - no key on its path names a normalization layer (a word `norm`, `ln`,
+      `layernorm`, `batchnorm`, `groupnorm`, `rmsnorm`, `instancenorm`,
+      `prenorm`, `postnorm` or `qknorm`, as in `LayerNorm_0`, `norm1`,
+      `batch_norm`, `ln_f`; `normal_head` or `normalizing_flow` is not one),
+      and it does not sit inside a module object whose class name ends in
+      `Norm` (equinox `LayerNorm`, `RMSNorm`, `GroupNorm`, `BatchNorm`).
 
     Every other leaf is False: biases, norm scales and offsets, scalars and
     every leaf with ndim <= 1, integer arrays, and leaves that are not arrays

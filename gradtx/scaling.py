@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx._checks import check_in_range, check_same_tree
+from gradtx._checks import check_flag, check_in_range, check_same_tree
 from gradtx.base import (
     ArrayLike,
     EmptyState,
@@ -310,6 +310,7 @@ def scale_by_momentum(
     fn = "scale_by_momentum"
     check_in_range(fn, "decay", decay, 0.0, 1.0, high_open=True)
     check_in_range(fn, "dampening", dampening, 0.0, 1.0, high_open=True)
+    check_flag(fn, "nesterov", nesterov)
     accumulator_dtype = _check_dtype(fn, "accumulator_dtype", accumulator_dtype)
 
     def init(params: Params) -> ScaleByMomentumState:
@@ -359,6 +360,7 @@ class ScaleByRmsState(NamedTuple):
 def scale_by_rms(
     decay: ArrayLike = 0.9,
     eps: ArrayLike = 1e-8,
+    *,
     eps_in_sqrt: bool = False,
     centered: bool = False,
     initial_scale: ArrayLike = 0.0,
@@ -407,6 +409,8 @@ def scale_by_rms(
     check_in_range(fn, "decay", decay, 0.0, 1.0, high_open=True)
     check_in_range(fn, "eps", eps, 0.0)
     check_in_range(fn, "initial_scale", initial_scale, 0.0)
+    check_flag(fn, "eps_in_sqrt", eps_in_sqrt)
+    check_flag(fn, "centered", centered)
 
     def init(params: Params) -> ScaleByRmsState:
         nu = init_like(params, fill=initial_scale)
@@ -640,8 +644,9 @@ def scale_by_adam(
     b2: ArrayLike = 0.999,
     eps: ArrayLike = 1e-8,
     eps_root: ArrayLike = 0.0,
-    nesterov: bool = False,
     mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
     nu_dtype: Any = None,
 ) -> GradientTransformation:
     """Adam: bias-corrected first moment over the root of the second.
@@ -670,9 +675,10 @@ def scale_by_adam(
         eps: Added to the denominator outside the root, in [0, inf).
         eps_root: Added to v_hat under the root, in [0, inf); a positive value
             keeps the gradient of the update finite (meta-learning).
-        nesterov: Use the Nesterov form of the first moment.
         mu_dtype: Dtype of the first moment (for example bfloat16 to save
             memory); None keeps each param's dtype.
+        nesterov: Use the Nesterov form of the first moment (keyword-only:
+            the positional order is optax's).
         nu_dtype: Dtype of the second moment; None keeps each param's dtype.
             For float16 params pass float32: float16 cannot hold g**2 for
             |g| above 256 (it overflows and the parameter stops moving) or
@@ -701,6 +707,7 @@ def scale_by_adam(
     """
     fn = "scale_by_adam"
     check_in_range(fn, "b1", b1, 0.0, 1.0, high_open=True)
+    check_flag(fn, "nesterov", nesterov)
     check_in_range(fn, "b2", b2, 0.0, 1.0, high_open=True)
     check_in_range(fn, "eps", eps, 0.0)
     check_in_range(fn, "eps_root", eps_root, 0.0)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from gradtx._checks import check_in_range
+from gradtx._checks import check_count, check_in_range
 from gradtx.base import ArrayLike, Schedule, _format_value
 
 
@@ -52,19 +51,6 @@ def _named(factory: Callable[..., Callable[[jax.Array], jax.Array]]):
 
 def _steps(count: jax.Array) -> jax.Array:
     return count.astype(jnp.float32)
-
-
-def _check_int(fn: str, name: str, value: Any, low: int, *, strict: bool = False):
-    """Raise unless `value` is an integer step count >= low (> low if strict)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(
-                f"{fn}: {name} must be an integer number of steps, got {value!r}"
-            )
-    check_in_range(fn, name, value, low, low_open=strict)
-    return value
 
 
 # ----------------------------------------------------------------------------
@@ -131,10 +117,10 @@ def linear_schedule(
         [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     """
     fn = "linear_schedule"
-    transition_steps = _check_int(
+    transition_steps = check_count(
         fn, "transition_steps", transition_steps, 0, strict=True
     )
-    transition_begin = _check_int(fn, "transition_begin", transition_begin, 0)
+    transition_begin = check_count(fn, "transition_begin", transition_begin, 0)
 
     def schedule(count):
         s = jnp.clip((_steps(count) - transition_begin) / transition_steps, 0.0, 1.0)
@@ -181,10 +167,10 @@ def polynomial_schedule(
     """
     fn = "polynomial_schedule"
     check_in_range(fn, "power", power, 0.0, low_open=True)
-    transition_steps = _check_int(
+    transition_steps = check_count(
         fn, "transition_steps", transition_steps, 0, strict=True
     )
-    transition_begin = _check_int(fn, "transition_begin", transition_begin, 0)
+    transition_begin = check_count(fn, "transition_begin", transition_begin, 0)
 
     def schedule(count):
         s = jnp.clip((_steps(count) - transition_begin) / transition_steps, 0.0, 1.0)
@@ -228,7 +214,7 @@ def piecewise_constant_schedule(
     """
     fn = "piecewise_constant_schedule"
     items = sorted(
-        (_check_int(fn, "boundaries_and_scales key", b, 0), s)
+        (check_count(fn, "boundaries_and_scales key", b, 0), s)
         for b, s in (boundaries_and_scales or {}).items()
     )
     for _, s in items:
@@ -286,10 +272,10 @@ def exponential_decay(
         [1.0, 1.0, 0.5, 0.5, 0.25]
     """
     fn = "exponential_decay"
-    transition_steps = _check_int(
+    transition_steps = check_count(
         fn, "transition_steps", transition_steps, 0, strict=True
     )
-    transition_begin = _check_int(fn, "transition_begin", transition_begin, 0)
+    transition_begin = check_count(fn, "transition_begin", transition_begin, 0)
     check_in_range(fn, "decay_rate", decay_rate, 0.0, low_open=True)
 
     def schedule(count):
@@ -340,7 +326,7 @@ def cosine_decay_schedule(
         [1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
     """
     fn = "cosine_decay_schedule"
-    decay_steps = _check_int(fn, "decay_steps", decay_steps, 0, strict=True)
+    decay_steps = check_count(fn, "decay_steps", decay_steps, 0, strict=True)
     check_in_range(fn, "alpha", alpha, 0.0, 1.0)
 
     def schedule(count):
@@ -394,8 +380,8 @@ def warmup_cosine_decay_schedule(
         [0.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
     """
     fn = "warmup_cosine_decay_schedule"
-    warmup_steps = _check_int(fn, "warmup_steps", warmup_steps, 0)
-    decay_steps = _check_int(fn, "decay_steps", decay_steps, 0, strict=True)
+    warmup_steps = check_count(fn, "warmup_steps", warmup_steps, 0)
+    decay_steps = check_count(fn, "decay_steps", decay_steps, 0, strict=True)
     if decay_steps <= warmup_steps:
         raise ValueError(
             f"{fn}: decay_steps counts the whole schedule and must be greater than "
@@ -439,7 +425,7 @@ def inverse_sqrt_schedule(peak_value: ArrayLike, warmup_steps: int = 0) -> Sched
         [0.25, 0.5, 1.0, 0.5]
     """
     fn = "inverse_sqrt_schedule"
-    warmup = max(_check_int(fn, "warmup_steps", warmup_steps, 0), 1)
+    warmup = max(check_count(fn, "warmup_steps", warmup_steps, 0), 1)
 
     def schedule(count):
         n = _steps(count) + 1
@@ -494,9 +480,9 @@ def cyclic_schedule(
         [0.0, 0.5, 1.0, 0.5, 0.0, 0.25, 0.5, 0.25, 0.0]
     """
     fn = "cyclic_schedule"
-    up = _check_int(fn, "step_size", step_size, 0, strict=True)
+    up = check_count(fn, "step_size", step_size, 0, strict=True)
     down = up if step_size_down is None else step_size_down
-    down = _check_int(fn, "step_size_down", down, 0, strict=True)
+    down = check_count(fn, "step_size_down", down, 0, strict=True)
     if mode not in _CYCLIC_MODES:
         raise ValueError(f"{fn}: mode must be one of {_CYCLIC_MODES}, got {mode!r}")
     check_in_range(fn, "gamma", gamma, 0.0, 1.0, low_open=True)
@@ -560,8 +546,8 @@ def sgdr_schedule(
         [1.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 1.0]
     """
     fn = "sgdr_schedule"
-    first = _check_int(fn, "first_period", first_period, 0, strict=True)
-    mult = _check_int(fn, "period_mult", period_mult, 0, strict=True)
+    first = check_count(fn, "first_period", first_period, 0, strict=True)
+    mult = check_count(fn, "period_mult", period_mult, 0, strict=True)
     check_in_range(fn, "peak_decay", peak_decay, 0.0, 1.0, low_open=True)
     # With growing periods, the first step of every period that begins before
     # int32 runs out (at most 31 of them), computed in exact integers.
@@ -633,7 +619,7 @@ def one_cycle_schedule(
         [0.1, 0.55, 1.0, 0.6, 0.0, 0.0]
     """
     fn = "one_cycle_schedule"
-    total = _check_int(fn, "transition_steps", transition_steps, 1, strict=True)
+    total = check_count(fn, "transition_steps", transition_steps, 1, strict=True)
     check_in_range(fn, "pct_start", pct_start, 0.0, 1.0, low_open=True, high_open=True)
     check_in_range(fn, "div_factor", div_factor, 0.0, low_open=True)
     check_in_range(fn, "final_div_factor", final_div_factor, 0.0, low_open=True)
@@ -710,7 +696,7 @@ def join_schedules(
     """
     fn = "join_schedules"
     schedules = list(schedules)
-    boundaries = [_check_int(fn, "boundaries", b, 0) for b in boundaries]
+    boundaries = [check_count(fn, "boundaries", b, 0) for b in boundaries]
     if len(boundaries) != len(schedules) - 1:
         raise ValueError(
             f"{fn}: boundaries must have one entry fewer than schedules "

@@ -13,7 +13,6 @@ the selected leaves only, and the inner transformation never sees the rest.
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 
 from gradtx._checks import (
     broadcast_prefix,
-    check_in_range,
+    check_count,
     check_same_tree,
     mask_flags,
 )
@@ -67,14 +66,6 @@ def _check_mask(fn: str, name: str, mask: Any) -> None:
             f"{fn}: {name} must be a tree with the params' structure (or a "
             f"prefix of it) or a function of the params, got {mask!r}"
         )
-
-
-def _check_count(fn: str, name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{fn}: {name} must be a Python int, got {type(value).__name__} {value!r}"
-        )
-    check_in_range(fn, name, value, low)
 
 
 def _reference(updates: Updates, params: Params | None) -> Any:
@@ -469,7 +460,9 @@ def apply_if_finite(
     """
     fn = "apply_if_finite"
     inner_update = _check_transformation(fn, "inner", inner)
-    _check_count(fn, "max_consecutive_errors", max_consecutive_errors, 0)
+    max_consecutive_errors = check_count(
+        fn, "max_consecutive_errors", max_consecutive_errors, 0
+    )
     limit = min(max_consecutive_errors, jnp.iinfo(jnp.int32).max)
 
     def init(params: Params) -> ApplyIfFiniteState:
@@ -583,7 +576,7 @@ def accumulate_gradients(
     """
     fn = "accumulate_gradients"
     inner_update = _check_transformation(fn, "inner", inner)
-    _check_count(fn, "every_k", every_k, 1)
+    every_k = check_count(fn, "every_k", every_k, 1)
     accumulator_dtype = _check_dtype(fn, "accumulator_dtype", accumulator_dtype)
 
     def init(params: Params) -> AccumulateGradientsState:

@@ -242,22 +242,27 @@ def test_four_decay_models_differ_only_in_how_the_decay_is_scaled():
         return np.asarray(updates)
 
     np.testing.assert_allclose(
-        first_step(gradtx.adamw(lr * eta, wd)), -lr * eta * wd * params
+        first_step(gradtx.adamw(lr * eta, weight_decay=wd)), -lr * eta * wd * params
     )
     np.testing.assert_allclose(
-        first_step(gradtx.adamw_multiplier(lr, wd, schedule=eta)), -eta * wd * params
+        first_step(gradtx.adamw_multiplier(lr, weight_decay=wd, schedule=eta)),
+        -eta * wd * params,
     )
     np.testing.assert_allclose(
-        first_step(gradtx.adamw_independent(lr * eta, wd)), -wd * params
+        first_step(gradtx.adamw_independent(lr * eta, weight_decay=wd)), -wd * params
     )
     np.testing.assert_allclose(
-        first_step(gradtx.adam_l2(lr * eta, wd)), -lr * eta * np.sign(params), rtol=1e-5
+        first_step(gradtx.adam_l2(lr * eta, weight_decay=wd)),
+        -lr * eta * np.sign(params),
+        rtol=1e-5,
     )
 
 
 def test_adamw_multiplier_is_adamw_with_a_rescaled_decay():
     base = 0.01
-    got = _trajectory(gradtx.adamw_multiplier(base, 1e-3, schedule=lr_schedule))
+    got = _trajectory(
+        gradtx.adamw_multiplier(base, weight_decay=1e-3, schedule=lr_schedule)
+    )
     want = _trajectory(
         gradtx.adamw(lambda t: base * lr_schedule(t), weight_decay=1e-3 / base)
     )
@@ -284,3 +289,57 @@ def test_adamw_multiplier_rejects_a_schedule_as_learning_rate():
         ValueError, match=r"adamw_independent: weight_decay must be in \[0, 1\)"
     ):
         gradtx.adamw_independent(0.1, weight_decay=1.0)
+
+
+# A call written in optax's positional order must mean what it means in
+# optax, or fail: never set another hyperparameter silently.
+
+
+def test_adam_takes_optax_positional_order():
+    tx = gradtx.adam(1e-3, 0.9, 0.999, 1e-8, 0.0, jnp.bfloat16)
+    adam = tx.children[0].hyperparams
+    assert adam["mu_dtype"] == jnp.bfloat16 and adam["nesterov"] is False
+    assert tx.init(jnp.zeros(2, jnp.float32))[0].mu.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: gradtx.adamw(1e-3, 0.9),
+        lambda: gradtx.adam_l2(1e-3, 1e-2),
+        lambda: gradtx.adamw_multiplier(1e-3, 1e-2),
+        lambda: gradtx.adamw_independent(1e-3, 1e-2),
+        lambda: gradtx.sgdw(1e-3, 1e-2),
+        lambda: gradtx.sgd_l2(1e-3, 1e-2),
+        lambda: gradtx.rmsprop(1e-3, 0.9, 1e-8, 0.0),
+        lambda: gradtx.sgd(1e-3, 0.9, False, None),
+    ],
+)
+def test_arguments_whose_position_differs_from_optax_are_keyword_only(build):
+    with pytest.raises(TypeError, match="positional"):
+        build()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: gradtx.adam(1e-3, nesterov=jnp.bfloat16),
+        lambda: gradtx.sgd(1e-3, 0.9, 1),
+        lambda: gradtx.scale_by_momentum(0.9, "yes"),
+        lambda: gradtx.rmsprop(1e-3, centered=None),
+    ],
+)
+def test_flags_must_be_booleans(build):
+    with pytest.raises(TypeError, match="must be True or False"):
+        build()
+
+
+def test_every_alias_spells_out_its_arguments():
+    import inspect
+
+    for name in ["adam", "adam_l2", "adamw", "adamw_multiplier", "adamw_independent"]:
+        parameters = inspect.signature(getattr(gradtx, name)).parameters
+        assert {"b1", "b2", "eps", "eps_root", "mu_dtype", "nesterov"} <= set(
+            parameters
+        ), name
+        assert all(p.kind is not p.VAR_KEYWORD for p in parameters.values()), name

@@ -150,7 +150,7 @@ def test_print_reads_as_the_chain_it_is():
     flat = " ".join(line.strip() for line in text.splitlines())
     assert flat.replace("( ", "(").replace(", )", ")") == (
         "chain(scale_by_adam(b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, "
-        "nesterov=False, mu_dtype=None, nu_dtype=None), "
+        "mu_dtype=None, nesterov=False, nu_dtype=None), "
         "add_decayed_weights(weight_decay=0.0001, "
         "mask=None), scale_by_learning_rate(learning_rate=0.001))"
     )
@@ -291,3 +291,54 @@ def test_identity_and_set_to_zero_match_their_equations():
     zero = R.Ref(lambda p: None, lambda g, s, p: ({k: 0 * v for k, v in g.items()}, s))
     got, want = R.run_side_by_side(gradtx.set_to_zero(), zero, move_params=True)
     assert R.max_relative_error(got, want) < 1e-6  # float32 sums of the params
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (
+            lambda: gradtx.sgd(np.inf),
+            ValueError,
+            r"learning_rate must be in \[0, inf\)",
+        ),
+        (lambda: gradtx.adam(1e-3, eps=np.inf), ValueError, "eps must be in"),
+        (lambda: gradtx.sgd(True), TypeError, "learning_rate must be a real number"),
+        (lambda: gradtx.sgd(1e-3 + 0j), TypeError, "learning_rate must be a real"),
+        (lambda: gradtx.sgd("0.1"), TypeError, "learning_rate must be a real"),
+        (lambda: gradtx.sgd(np.array(-1.0)), ValueError, "got -1.0"),
+        (lambda: gradtx.sgd(jnp.array(-1.0)), ValueError, "got -1.0"),
+        (lambda: gradtx.adam(1e-3, b1=np.array([0.9, 1.0])), ValueError, "got 1.0"),
+        (lambda: gradtx.sgd(np.nan), ValueError, "got nan"),
+    ],
+)
+def test_hyperparameters_are_checked_whatever_their_type(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_python_numbers_are_accepted_as_params_and_gradients():
+    # jax.grad accepts a tree of Python floats, and so does every link.
+    params = {"w": 1.0, "b": -2.0}
+    for tx in [
+        gradtx.adamw(0.1, weight_decay=0.1),
+        gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.sgd(0.1, 0.9)),
+        gradtx.rmsprop(0.1, centered=True),
+    ]:
+        grads = jax.grad(lambda p: p["w"] ** 2 + p["b"] ** 2)(params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        new = gradtx.apply_updates(params, updates)
+        assert float(new["w"]) < 1.0 and float(new["b"]) > -2.0
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: gradtx.linear_schedule(1.0, 0.0, 2.5),
+        lambda: gradtx.cosine_decay_schedule(1.0, "10"),
+        lambda: gradtx.accumulate_gradients(gradtx.sgd(0.1), every_k=2.5),
+        lambda: gradtx.apply_if_finite(gradtx.sgd(0.1), max_consecutive_errors=True),
+    ],
+)
+def test_a_count_that_is_not_a_whole_number_is_a_type_error(build):
+    with pytest.raises(TypeError, match="must be a whole number"):
+        build()

@@ -1,6 +1,8 @@
 """State saves and restores exactly, and only into the optimizer it fits."""
 
+import json
 import os
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -239,3 +241,168 @@ def test_saving_over_a_checkpoint_leaves_no_partial_file(tmp_path):
     save_state(path, tx.update(params, tx.init(params), params)[1])
     assert os.listdir(tmp_path) == ["opt_state.npz"]  # no suffix added either
     assert int(restore_state(path, tx.init(params))[0].count) == 1
+
+
+def test_keys_that_differ_by_npy_restore_from_their_own_entries(tmp_path):
+    # numpy finds entry "emb" under "emb.npy" too: the names must not alias
+    state = {"emb": jnp.zeros(3), "emb.npy": jnp.ones(3)}
+    save_state(tmp_path / "s.npz", state)
+    restored = restore_state(tmp_path / "s.npz", like=state)
+    assert_bitwise_equal(restored, state)
+
+
+def test_keys_named_like_savez_arguments_are_saved(tmp_path):
+    state = {"file": jnp.zeros(3), "allow_pickle": jnp.ones(2)}
+    save_state(tmp_path / "s.npz", state)
+    restored = restore_state(tmp_path / "s.npz", like=state)
+    assert_bitwise_equal(restored, state)
+
+
+def rewrite_only_entry(path, value):
+    """Replace the one leaf entry of a checkpoint, keeping its manifest."""
+    with np.load(path) as data:
+        entries = {name: data[name] for name in data.files}
+    (leaf,) = [name for name in entries if name != "__gradtx_state__"]
+    entries[leaf] = value
+    with open(path, "wb") as file:
+        np.savez(file, **entries)
+
+
+@pytest.mark.parametrize(
+    ("leaf", "stored"),
+    [
+        # same size, another dtype: a view would reinterpret the bits
+        (jnp.zeros((4, 3)), np.arange(12, dtype=np.int32).reshape(4, 3)),
+        # same size, another shape: a reshape would hide it
+        (jnp.zeros((4, 3)), np.zeros(12, np.float32)),
+        (jnp.zeros((4, 3)), np.zeros((4, 3), np.float64)),
+        # bfloat16 is stored as uint16 bits, not as another 2-byte float
+        (jnp.zeros(3, jnp.bfloat16), np.ones(3, np.float16)),
+    ],
+)
+def test_an_entry_that_disagrees_with_the_manifest_is_refused(tmp_path, leaf, stored):
+    path = tmp_path / "s.npz"
+    save_state(path, {"w": leaf})
+    rewrite_only_entry(path, stored)
+    with pytest.raises(ValueError, match=r"restore_state: .*'w'.*manifest"):
+        restore_state(path, like={"w": leaf})
+
+
+def test_a_version_1_checkpoint_still_restores(tmp_path):
+    # written by hand as version 1 did: entries named by their paths, and
+    # bfloat16 left to numpy, which stores it as opaque 2-byte values
+    state = {"emb": jnp.arange(3.0), "emb.npy": jnp.ones(3), "b": jnp.ones(2)}
+    leaves = [
+        {"path": "b", "dtype": "bfloat16", "shape": [2]},
+        {"path": "emb", "dtype": "float32", "shape": [3]},
+        {"path": "emb.npy", "dtype": "float32", "shape": [3]},
+    ]
+    header = json.dumps({"format": "gradtx.state", "version": 1, "leaves": leaves})
+    path = tmp_path / "v1.npz"
+    with open(path, "wb") as file:
+        np.savez(
+            file,
+            __gradtx_state__=np.frombuffer(header.encode(), np.uint8),
+            b=np.asarray(jnp.ones(2, jnp.bfloat16)),
+            emb=np.arange(3.0, dtype=np.float32),
+            **{"emb.npy": np.ones(3, np.float32)},
+        )
+    like = dict(state, b=jnp.zeros(2, jnp.bfloat16))
+    restored = restore_state(path, like)
+    assert_bitwise_equal(restored, dict(state, b=jnp.ones(2, jnp.bfloat16)))
+
+
+def test_an_unknown_format_version_is_named(tmp_path):
+    header = json.dumps({"format": "gradtx.state", "version": 99, "leaves": []})
+    path = tmp_path / "future.npz"
+    with open(path, "wb") as file:
+        np.savez(file, __gradtx_state__=np.frombuffer(header.encode(), np.uint8))
+    with pytest.raises(ValueError, match=r"restore_state: .*version 99"):
+        restore_state(path, like={})
+
+
+@pytest.mark.parametrize(
+    ("saved_by", "restored_by"),
+    [
+        (lambda: gradtx.adam(1e-3), lambda: gradtx.adamw(1e-3)),
+        (lambda: gradtx.adam(1e-3), lambda: gradtx.adam(1e-3, nesterov=True)),
+        (lambda: gradtx.adam(1e-3), lambda: gradtx.adam(3e-4)),
+        (
+            lambda: gradtx.sgd(0.1, momentum=0.9),
+            lambda: gradtx.sgd(0.1, momentum=0.9, nesterov=True),
+        ),
+        (
+            lambda: gradtx.chain(gradtx.identity(), gradtx.adam(1e-3)),
+            lambda: gradtx.chain(gradtx.clip(1.0), gradtx.adam(1e-3)),
+        ),
+    ],
+)
+def test_a_checkpoint_of_another_optimizer_with_the_same_layout_is_refused(
+    tmp_path, saved_by, restored_by
+):
+    params = make_params()
+    path = tmp_path / "opt_state.npz"
+    state = saved_by().init(params)
+    save_state(path, state, tx=saved_by())
+    tx = restored_by()
+    like = jax.eval_shape(tx.init, params)
+    check_state(jax.eval_shape(saved_by().init, params), like)  # same layout
+    with pytest.raises(ValueError, match=r"restore_state: .*another optimizer") as e:
+        restore_state(path, like, tx=tx)
+    assert gradtx.describe(saved_by()) in str(e.value)
+    assert gradtx.describe(tx) in str(e.value)
+    assert "allow_other_optimizer=True" in str(e.value)
+    restored = restore_state(path, like, tx=tx, allow_other_optimizer=True)
+    assert jax.tree.structure(restored) == jax.tree.structure(like)
+    assert_bitwise_equal(jax.tree.leaves(restored), jax.tree.leaves(state))
+
+
+def test_a_checkpoint_of_the_same_optimizer_is_accepted(tmp_path):
+    def make():
+        return gradtx.adamw(gradtx.linear_schedule(1e-3, 0.0, 10), weight_decay=0.1)
+
+    params = make_params()
+    state = make().update(params, make().init(params), params)[1]
+    path = tmp_path / "opt_state.npz"
+    save_state(path, state, tx=make())
+    assert_bitwise_equal(restore_state(path, state, tx=make()), state)
+    save_state(path, state)  # nothing recorded: only the layout is checked
+    assert_bitwise_equal(restore_state(path, state, tx=gradtx.adam(1e-3)), state)
+
+
+def test_save_state_names_a_tx_that_is_not_a_transformation(tmp_path):
+    with pytest.raises(TypeError, match=r"save_state: tx .*got str"):
+        save_state(tmp_path / "s.npz", {}, tx="adam")
+
+
+def test_a_checkpoint_has_the_mode_of_a_plainly_opened_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_state(tmp_path / "opt_state.npz", {"w": jnp.zeros(2)})
+        with open(tmp_path / "plain", "wb"):
+            pass
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(os.stat(tmp_path / "opt_state.npz").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain").st_mode) == 0o644
+
+
+def test_the_file_is_synced_before_the_rename_and_the_folder_after(
+    tmp_path, monkeypatch
+):
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        events.append(f"fsync {kind}")
+        fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append("replace")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    save_state(tmp_path / "opt_state.npz", {"w": jnp.zeros(2)})
+    assert events == ["fsync file", "replace", "fsync folder"]

@@ -71,10 +71,10 @@ def test_clip_bounds_each_element():
 def test_negative_bounds_raise_at_construction():
     with pytest.raises(
         ValueError,
-        match=r"clip_by_global_norm: max_norm must be in \[0, inf\), got -1.0",
+        match=r"clip_by_global_norm: max_norm must be in \[0, inf\], got -1.0",
     ):
         gradtx.clip_by_global_norm(-1.0)
-    with pytest.raises(ValueError, match=r"clip: max_delta must be in \[0, inf\)"):
+    with pytest.raises(ValueError, match=r"clip: max_delta must be in \[0, inf\]"):
         gradtx.clip(-0.1)
 
 
@@ -162,3 +162,29 @@ def test_global_norm_of_small_leaves_of_several_dtypes():
         )
     )
     np.testing.assert_allclose(jax.jit(gradtx.global_norm)(tree), want, rtol=2e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_gradient_is_not_hidden_by_the_clip(bad):
+    # A NaN norm used to fail `norm > max_norm`, so the scale stayed 1 and
+    # every finite leaf passed unclipped; optax and torch make it visible.
+    tx = gradtx.chain(
+        gradtx.clip_by_global_norm(1.0),
+        gradtx.freeze({"frozen": True, "w": False}),
+        gradtx.sgd(1.0),
+    )
+    params = {"frozen": jnp.zeros(2), "w": jnp.zeros(2)}
+    grads = {"frozen": jnp.array([bad, 0.0]), "w": jnp.array([1e6, -1e6])}
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    w = np.asarray(updates["w"])
+    if np.isnan(bad):
+        assert np.all(np.isnan(w))  # the fault shows in every leaf
+    else:  # an inf norm clips every finite element to zero, as optax does
+        np.testing.assert_array_equal(w, [0.0, 0.0])
+    assert not np.any(np.abs(w) > 1.0)
+
+
+def test_no_bound_is_an_infinite_bound():
+    grads = jnp.array([3e30, -4e30])
+    for tx in (gradtx.clip_by_global_norm(np.inf), gradtx.clip(np.inf)):
+        np.testing.assert_array_equal(tx.update(grads, tx.init(grads))[0], grads)

@@ -170,12 +170,8 @@ def test_integers_are_injected_only_where_numbers_are_declared():
 
 
 def test_positional_arguments_are_accepted():
-    opt = inject(gradtx.adamw)(0.01, 0.1, None, b1=0.5)
-    assert sorted(opt.init(jnp.ones(1)).hyperparams) == [
-        "b1",
-        "learning_rate",
-        "weight_decay",
-    ]
+    opt = inject(gradtx.adam)(0.01, 0.5, eps=1e-6)
+    assert sorted(opt.init(jnp.ones(1)).hyperparams) == ["b1", "eps", "learning_rate"]
 
 
 def test_any_factory_of_pairs_can_be_injected():
@@ -455,3 +451,95 @@ def test_a_dtype_forwarded_through_kwargs_is_not_a_schedule():
     state = opt.init({"w": jnp.zeros(2)})
     assert sorted(state.hyperparams) == ["learning_rate"]
     assert state.inner_state[0].mu["w"].dtype == jnp.bfloat16
+
+
+# Concrete hyperparameters are checked by the factory's own checks, at
+# construction and in set_hyperparams; only traced values go unchecked.
+INJECT_REFUSED = [
+    ({"learning_rate": -1e-3}, ValueError, "learning_rate must be in"),
+    ({"learning_rate": 1e-3, "weight_decay": -0.5}, ValueError, "weight_decay"),
+    ({"learning_rate": 1e-3, "b1": 1.0}, ValueError, r"b1 must be in \[0, 1\)"),
+    ({"learning_rate": 1e-3, "b1": 1.5}, ValueError, "b1 must be in"),
+    ({"learning_rate": 1e-3, "eps": -1.0}, ValueError, "eps must be in"),
+    ({"learning_rate": 1e-3, "b2": 1 - 1e-9}, ValueError, "b2"),  # 1.0 in float32
+    ({"learning_rate": np.nan}, ValueError, "learning_rate"),
+    ({"learning_rate": np.inf}, ValueError, "learning_rate"),
+    ({"learning_rate": True}, TypeError, "learning_rate"),
+    ({"learning_rate": 1e-3 + 1j}, TypeError, "learning_rate"),
+    ({"learning_rate": jnp.array(-1.0)}, ValueError, "learning_rate"),
+    ({"learning_rate": lambda t: -1e-3 + 0.0 * t}, ValueError, "learning_rate"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", INJECT_REFUSED)
+def test_injected_values_are_checked_as_the_factory_checks_them(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        gradtx.inject_hyperparams(gradtx.adamw)(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "value, error",
+    [(np.nan, ValueError), (np.inf, ValueError), (True, TypeError), ("0.1", TypeError)],
+)
+def test_set_hyperparams_refuses_what_no_hyperparameter_can_be(value, error):
+    tx = gradtx.inject_hyperparams(gradtx.adamw)(learning_rate=1e-3)
+    state = tx.init({"w": jnp.zeros(2)})
+    with pytest.raises(error, match="learning_rate"):
+        gradtx.set_hyperparams(state, learning_rate=value)
+
+
+def test_set_hyperparams_with_the_optimizer_checks_its_ranges():
+    tx = gradtx.chain(
+        gradtx.clip_by_global_norm(1.0),
+        gradtx.inject_hyperparams(gradtx.adamw)(learning_rate=1e-3, b1=0.9),
+    )
+    state = tx.init({"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="learning_rate must be in"):
+        gradtx.set_hyperparams(state, tx, learning_rate=-1.0)
+    with pytest.raises(ValueError, match="b1 must be in"):
+        gradtx.set_hyperparams(state, tx, b1=1.0)
+    new = gradtx.set_hyperparams(state, tx, learning_rate=5e-4)
+    assert float(new[1].hyperparams["learning_rate"]) == np.float32(5e-4)
+
+
+def test_traced_values_are_not_checked_at_construction():
+    @jax.jit
+    def first_update(lr):
+        tx = gradtx.inject_hyperparams(gradtx.sgd)(learning_rate=lr)
+        return tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))[0]
+
+    np.testing.assert_allclose(first_update(-1.0), [1.0, 1.0])
+
+
+def test_the_state_holds_copies_of_the_callers_arrays():
+    # The same array given twice must not be donated twice, and the caller's
+    # array must survive a donated step (it used to become an invalid buffer).
+    rate = jnp.asarray(1e-3, jnp.float32)
+    tx = gradtx.inject_hyperparams(gradtx.adamw)(learning_rate=rate, weight_decay=rate)
+    params = {"w": jnp.ones(3)}
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return gradtx.apply_updates(params, updates), state
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    params, state = step(params, tx.init(params), {"w": jnp.ones(3)})
+    params, state = step(params, state, {"w": jnp.ones(3)})
+    assert float(rate) == np.float32(1e-3)  # still readable
+    tx.init({"w": jnp.ones(3)})  # and usable again
+    new = gradtx.set_hyperparams(state, learning_rate=rate)
+    params, state = step(params, new, {"w": jnp.ones(3)})
+    assert float(rate) == np.float32(1e-3)
+
+
+def test_optax_can_inject_a_gradtx_optimizer():
+    tx = optax.inject_hyperparams(gradtx.adamw)(learning_rate=1e-2, weight_decay=1e-2)
+    params = {"w": jnp.ones(2)}
+    state = tx.init(params)
+    updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+    want, _ = gradtx.adamw(1e-2, weight_decay=1e-2).update(
+        {"w": jnp.ones(2)}, gradtx.adamw(1e-2, weight_decay=1e-2).init(params), params
+    )
+    np.testing.assert_allclose(updates["w"], want["w"], rtol=1e-6)
+    assert set(state.hyperparams) >= {"learning_rate", "weight_decay", "b1", "b2"}

@@ -51,12 +51,10 @@ NESTED = {
             (re.compile(r"encoder/layers/\d+/kernel"),),
             {"encoder/layers/0/kernel", "encoder/layers/1/kernel"},
         ),
-        ((re.compile(r"bias"),), set()),  # a regex must match the whole path
         (
             (re.compile(r".*(bias|embed)"),),
             {"embed", "encoder/layers/0/bias", "encoder/layers/1/bias"},
         ),
-        (("Embed",), set()),  # globs are case-sensitive
         (
             ("*",),
             {
@@ -75,6 +73,18 @@ def test_by_path_selects_the_leaves_whose_path_matches(patterns, selected):
     assert {p for p, flag in by_path_str(mask).items() if flag} == selected
     assert all(isinstance(flag, bool) for flag in jax.tree.leaves(mask))
     assert by_path_str(mask)["step"] is False  # not an array, never selected
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        re.compile(r"bias"),  # a regex must match the whole path
+        "Embed",  # globs are case-sensitive
+    ],
+)
+def test_by_path_refuses_a_pattern_that_selects_nothing(pattern):
+    with pytest.raises(ValueError, match="matches no array leaf"):
+        masks.by_path("embed", pattern)(NESTED)
 
 
 def test_by_path_accepts_nnx_paths_with_and_without_value():
@@ -263,3 +273,46 @@ def test_no_decay_mask_is_the_same_under_jit():
     assert by_path_str(seen[0]) == by_path_str(
         masks.no_decay_for_biases_and_norms(params)
     )
+
+
+def test_names_that_only_begin_or_end_in_norm_are_decayed():
+    params = {
+        "normal_head": {"kernel": jnp.zeros((4, 4))},
+        "normalizing_flow": {"kernel": jnp.zeros((4, 4))},
+        "enorm_proj": {"kernel": jnp.zeros((4, 4))},
+        "qk_norm": {"scale": jnp.zeros((4, 4))},
+        "RMSNorm_0": {"scale": jnp.zeros((4, 4))},
+    }
+    mask = masks.no_decay_for_biases_and_norms(params)
+    assert mask == {
+        "normal_head": {"kernel": True},
+        "normalizing_flow": {"kernel": True},
+        "enorm_proj": {"kernel": True},
+        "qk_norm": {"scale": False},
+        "RMSNorm_0": {"scale": False},
+    }
+
+
+def test_a_pattern_that_matches_nothing_is_an_error():
+    params = {"embed": jnp.zeros((3, 2)), "dense": {"kernel": jnp.zeros((2, 2))}}
+    with pytest.raises(ValueError, match=r"'\*/bais' matches no array leaf"):
+        masks.by_path("embed", "*/bais")(params)
+
+
+@pytest.mark.parametrize(
+    "mask, path",
+    [
+        ({"a": True, "b": False}, "'c'"),
+        ({"a": True, "c": False}, "'b'"),
+        ({"a": True, "b": False, "c": {"d": True}}, "'c/e'"),
+    ],
+)
+def test_a_mask_missing_a_key_names_that_key(mask, path):
+    params = {
+        "a": jnp.ones((2, 2)),
+        "b": jnp.ones(2),
+        "c": {"d": jnp.ones(2), "e": jnp.ones(2)},
+    }
+    tx = gradtx.masked(gradtx.scale(2.0), mask)
+    with pytest.raises(ValueError, match=f"mask has no entry for {path}"):
+        tx.update(params, tx.init(params), params)

@@ -395,10 +395,6 @@ def test_matches_torch_lr_scheduler(case):
             r"transition_begin must be in \[0, inf\)",
         ),
         (
-            lambda: gradtx.linear_schedule(0, 1, 2.5),
-            r"transition_steps must be an integer",
-        ),
-        (
             lambda: gradtx.polynomial_schedule(1, 0, 0.0, 5),
             r"power must be in \(0, inf\)",
         ),

@@ -125,6 +125,21 @@ def check_count(
     return int(value)
 
 
+def check_dtype(fn: str, name: str, dtype: Any) -> jnp.dtype | None:
+    """`dtype` as a floating-point `jnp.dtype` (None stays None), or `ValueError`."""
+    if dtype is None:
+        return None
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError as error:
+        raise ValueError(f"{fn}: {name} must be a dtype, got {dtype!r}") from error
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise ValueError(
+            f"{fn}: {name} must be a floating-point dtype, got {dtype.name}"
+        )
+    return dtype
+
+
 def check_flag(fn: str, name: str, value: Any) -> None:
     """Raise `TypeError` unless a flag such as `nesterov` is a bool.
 

@@ -20,9 +20,10 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gradtx._checks import check_same_tree
+from gradtx._describing import recorded_call, render
+from gradtx._pairs import check_transformation, is_transformation
 
 ArrayLike = jax.typing.ArrayLike
 Params = Any  # a pytree of arrays
@@ -130,18 +131,7 @@ def described(factory: F) -> F:
     @functools.wraps(factory)
     def build(*args, **kwargs):
         tx = _taking_python_numbers(factory(*args, **kwargs))
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        children: tuple[Any, ...] = ()
-        hyperparams: dict[str, Any] = {}
-        for name, parameter in signature.parameters.items():
-            value = bound.arguments[name]
-            if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-                children = tuple(value)
-            elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                hyperparams.update(value)
-            else:
-                hyperparams[name] = value
+        children, hyperparams = recorded_call(signature, args, kwargs)
         return GradientTransformation(
             tx.init,
             tx.update,
@@ -185,105 +175,6 @@ def _taking_python_numbers(tx: Any) -> Any:
 # describe
 
 
-def _is_transformation(x: Any) -> bool:
-    return (
-        isinstance(x, tuple)
-        and len(x) == 2
-        and all(callable(f) for f in x)
-        and hasattr(x, "init")
-        and hasattr(x, "update")
-    )
-
-
-def _is_group(value: Any) -> bool:
-    """A non-empty dict of transformations, such as multi_transform's groups."""
-    return (
-        isinstance(value, Mapping)
-        and bool(value)
-        and all(_is_transformation(v) for v in value.values())
-    )
-
-
-def _foreign_name(tx: Any) -> str:
-    """Name a transformation gradtx did not build, from its update function."""
-    update = tx.update
-    qualname = getattr(update, "__qualname__", type(update).__name__)
-    qualname = qualname.split(".<locals>")[0]
-    library = (getattr(update, "__module__", None) or "").split(".")[0]
-    return f"<{library} {qualname}>" if library else f"<{qualname}>"
-
-
-def _format_value(value: Any) -> str:
-    if _is_transformation(value):
-        return _one_line(value)
-    if value is None or isinstance(value, bool | int | float | complex | str):
-        return repr(value)
-    if isinstance(value, np.dtype | type):
-        try:
-            return jnp.dtype(value).name  # numpy and jax.numpy scalar types
-        except TypeError:
-            return value.__name__ if isinstance(value, type) else repr(value)
-    if isinstance(value, jax.core.Tracer):
-        return f"<traced {value.dtype}{list(value.shape)}>"
-    if isinstance(value, jax.Array | np.ndarray | np.generic):
-        if np.ndim(value) == 0:
-            return repr(np.asarray(value).item())
-        return f"<array {value.dtype}{list(value.shape)}>"
-    if inspect.isfunction(value) or inspect.ismethod(value):
-        return f"<function {value.__qualname__}>"
-    if _is_group(value):
-        return "{" + ", ".join(f"{k!r}: {_one_line(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, dict | list | tuple):
-        text = repr(value)
-        if len(text) <= 40 and "<" not in text:
-            return text
-        return f"<pytree with {len(jax.tree.leaves(value))} leaves>"
-    return repr(value)
-
-
-def _parts(tx: Any) -> tuple[str, list[Any], list[tuple[str, Any]]]:
-    name = getattr(tx, "name", None)
-    if name is None:
-        return _foreign_name(tx), [], []
-    return name, list(tx.children), list(tx.hyperparams.items())
-
-
-def _one_line(tx: Any) -> str:
-    name, children, hyperparams = _parts(tx)
-    if getattr(tx, "name", None) is None:
-        return name
-    items = [_one_line(c) for c in children]
-    items += [f"{k}={_format_value(v)}" for k, v in hyperparams]
-    return f"{name}({', '.join(items)})"
-
-
-def _indented(tx: Any, indent: int, width: int, lead: int = 0) -> str:
-    """`tx` as text whose first line starts `lead` columns after `indent`."""
-    line = _one_line(tx)
-    name, children, hyperparams = _parts(tx)
-    nested = children or any(
-        _is_transformation(v) or _is_group(v) for _, v in hyperparams
-    )
-    if indent + lead + len(line) <= width or not nested:
-        return line  # a single link stays on one line, however long
-    pad = " " * (indent + 4)
-    rows = [pad + _indented(c, indent + 4, width) + "," for c in children]
-    for key, value in hyperparams:
-        text = _format_value(value)
-        if _is_transformation(value):
-            text = _indented(value, indent + 4, width, lead=len(key) + 1)
-        elif _is_group(value) and indent + 4 + len(key) + 1 + len(text) > width:
-            entries = [
-                f"{pad}    {k!r}: "
-                + _indented(v, indent + 8, width, lead=len(repr(k)) + 2)
-                + ","
-                for k, v in value.items()
-            ]
-            text = "\n".join(["{", *entries, pad + "}"])
-        rows.append(f"{pad}{key}={text},")
-    return "\n".join([f"{name}(", *rows, " " * indent + ")"])
-
-
 def describe(tx: Any, width: int = 88) -> str:
     """Describe a transformation as the factory calls that built it.
 
@@ -307,11 +198,11 @@ def describe(tx: Any, width: int = 88) -> str:
             scale_by_learning_rate(learning_rate=0.01),
         )
     """
-    if not _is_transformation(tx):
+    if not is_transformation(tx):
         raise TypeError(
             f"describe: expected a GradientTransformation, got {type(tx).__name__}"
         )
-    return _indented(tx, 0, width)
+    return render(tx, width)
 
 
 # ----------------------------------------------------------------------------
@@ -382,25 +273,23 @@ def init_like(params: Params, dtype: Any = None, fill: ArrayLike = 0.0) -> Any:
     Each leaf is placed like its parameter, so that optimizer state follows
     the params' sharding. Called eagerly on arrays, `jax.lax.full_like`
     copies the parameter's sharding. Under `jax.jit` a constant carries no
-    sharding of its own (XLA would build it on one device), so when there is
-    more than one device the fill is tied to its parameter::
+    sharding of its own (XLA may build it on one device), so the fill is
+    tied to its parameter::
 
         leaf = fill + 0 * isfinite(p)
 
     Sharding propagation then gives the leaf the parameter's layout; the
     value is `fill` exactly, whatever `p` holds (NaN and Inf included), and
-    the tie costs one read of each parameter, in `init` only.
+    the tie costs one read of each parameter, in `init` only. It is made
+    whatever the number of devices, so that `init` traces to the same
+    program in every process.
     """
-    from jax.core import Tracer
-
-    tie = jax.device_count() > 1
 
     def leaf(p: Any) -> jax.Array:
         leaf_dtype = jnp.dtype(dtype or jnp.result_type(p))
         filled = jax.lax.full_like(p, fill, leaf_dtype)
-        if tie and isinstance(p, Tracer):
-            if jnp.issubdtype(leaf_dtype, jnp.inexact):
-                filled = jnp.isfinite(p).astype(leaf_dtype) * 0 + filled
+        if isinstance(p, jax.core.Tracer) and jnp.issubdtype(leaf_dtype, jnp.inexact):
+            filled = jnp.isfinite(p).astype(leaf_dtype) * 0 + filled
         return filled
 
     return jax.tree.map(leaf, params)
@@ -468,22 +357,6 @@ def set_to_zero() -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
-def _accepting_extras(update: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a foreign update function so that it ignores keyword extras."""
-    try:
-        parameters = inspect.signature(update).parameters.values()
-    except (TypeError, ValueError):
-        parameters = []
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return update
-
-    def update_without_extras(updates, state, params=None, **extra):
-        del extra
-        return update(updates, state, params)
-
-    return update_without_extras
-
-
 @described
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply transformations one after the other.
@@ -511,17 +384,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         >>> updates
         Array([-0.5 , -0.25], dtype=float32)
     """
-    for position, tx in enumerate(transforms):
-        if not _is_transformation(tx):
-            raise TypeError(
-                f"chain: link {position} must be an (init, update) pair such as a "
-                f"GradientTransformation, got {type(tx).__name__}"
-            )
     update_fns = tuple(
-        tx.update
-        if isinstance(tx, GradientTransformation)
-        else _accepting_extras(tx.update)
-        for tx in transforms
+        check_transformation("chain", f"link {position}", tx)
+        for position, tx in enumerate(transforms)
     )
 
     def init(params: Params) -> tuple[OptState, ...]:

@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx._checks import check_in_range
+from gradtx._pairs import accepting_extras
 from gradtx.base import (
     ArrayLike,
     GradientTransformation,
     OptState,
     Params,
     Updates,
-    _accepting_extras,
     compute_dtype,
     described,
     safe_increment,
@@ -237,7 +237,7 @@ def inject_hyperparams(
             **extra: Any,
         ) -> tuple[Updates, InjectHyperparamsState]:
             values = values_at(state.count, state.hyperparams)
-            inner_update = _accepting_extras(make(values).update)
+            inner_update = accepting_extras(make(values).update)
             updates, inner_state = inner_update(
                 updates, state.inner_state, params, **extra
             )

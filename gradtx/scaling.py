@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx._checks import check_flag, check_in_range, check_same_tree
+from gradtx._checks import check_dtype, check_flag, check_in_range, check_same_tree
 from gradtx.base import (
     ArrayLike,
     EmptyState,
@@ -55,20 +55,6 @@ def _adam_factors(
         return inv_c1, None, inv_c2
     inv_c1_next = 1 / bias_correction(b1, t + 1).astype(dtype)
     return inv_c1_next * b1, inv_c1 * (1 - b1), inv_c2
-
-
-def _check_dtype(fn: str, name: str, dtype: Any) -> jnp.dtype | None:
-    if dtype is None:
-        return None
-    try:
-        dtype = jnp.dtype(dtype)
-    except TypeError as error:
-        raise ValueError(f"{fn}: {name} must be a dtype, got {dtype!r}") from error
-    if not jnp.issubdtype(dtype, jnp.inexact):
-        raise ValueError(
-            f"{fn}: {name} must be a floating-point dtype, got {dtype.name}"
-        )
-    return dtype
 
 
 def _multiply(updates: Updates, factor: ArrayLike) -> Updates:
@@ -311,7 +297,7 @@ def scale_by_momentum(
     check_in_range(fn, "decay", decay, 0.0, 1.0, high_open=True)
     check_in_range(fn, "dampening", dampening, 0.0, 1.0, high_open=True)
     check_flag(fn, "nesterov", nesterov)
-    accumulator_dtype = _check_dtype(fn, "accumulator_dtype", accumulator_dtype)
+    accumulator_dtype = check_dtype(fn, "accumulator_dtype", accumulator_dtype)
 
     def init(params: Params) -> ScaleByMomentumState:
         return ScaleByMomentumState(velocity=init_like(params, accumulator_dtype))
@@ -711,8 +697,8 @@ def scale_by_adam(
     check_in_range(fn, "b2", b2, 0.0, 1.0, high_open=True)
     check_in_range(fn, "eps", eps, 0.0)
     check_in_range(fn, "eps_root", eps_root, 0.0)
-    mu_dtype = _check_dtype(fn, "mu_dtype", mu_dtype)
-    nu_dtype = _check_dtype(fn, "nu_dtype", nu_dtype)
+    mu_dtype = check_dtype(fn, "mu_dtype", mu_dtype)
+    nu_dtype = check_dtype(fn, "nu_dtype", nu_dtype)
 
     def init(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from gradtx._checks import check_count, check_in_range
-from gradtx.base import ArrayLike, Schedule, _format_value
+from gradtx._describing import format_value, recorded_call
+from gradtx.base import ArrayLike, Schedule
 
 
 class _NamedSchedule:
@@ -41,9 +42,8 @@ def _named(factory: Callable[..., Callable[[jax.Array], jax.Array]]):
     @functools.wraps(factory)
     def build(*args, **kwargs) -> Schedule:
         fn = factory(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        items = ", ".join(f"{k}={_format_value(v)}" for k, v in bound.arguments.items())
+        _, arguments = recorded_call(signature, args, kwargs)
+        items = ", ".join(f"{k}={format_value(v)}" for k, v in arguments.items())
         return _NamedSchedule(fn, f"{factory.__name__}({items})")
 
     return build

@@ -21,15 +21,8 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from gradtx._checks import path_str
-from gradtx.base import GradientTransformation, OptState, Params, _is_transformation
-
-
-def _check_transformation(fn: str, tx: Any) -> None:
-    if not _is_transformation(tx):
-        raise TypeError(
-            f"{fn}: tx must be an (init, update) pair such as a "
-            f"GradientTransformation, got {type(tx).__name__}"
-        )
+from gradtx._pairs import check_transformation
+from gradtx.base import GradientTransformation, OptState, Params
 
 
 def _with_sharding(abstract: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -105,7 +98,7 @@ def abstract_state(tx: GradientTransformation, params: Params) -> OptState:
 
 
 def _abstract_state(fn: str, tx: Any, params: Params) -> OptState:
-    _check_transformation(fn, tx)
+    check_transformation(fn, "tx", tx)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [path for path, _ in flat]
     shardings = [getattr(leaf, "sharding", None) for _, leaf in flat]

@@ -13,7 +13,7 @@ the selected leaves only, and the inner transformation never sees the rest.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -22,42 +22,29 @@ import jax.numpy as jnp
 from gradtx._checks import (
     broadcast_prefix,
     check_count,
+    check_dtype,
     check_same_tree,
     mask_flags,
 )
+from gradtx._pairs import check_transformation
 from gradtx.base import (
     EmptyState,
     GradientTransformation,
     OptState,
     Params,
     Updates,
-    _accepting_extras,
-    _is_transformation,
     compute_dtype,
     described,
     init_like,
     safe_increment,
 )
 from gradtx.decay import Mask
-from gradtx.scaling import _check_dtype
 
 Labels = Any  # a tree of label strings (the params' structure or a prefix), or
 # a function of the params returning one
 
 # ----------------------------------------------------------------------------
 # helpers
-
-
-def _check_transformation(fn: str, name: str, tx: Any) -> Callable[..., Any]:
-    """Raise unless `tx` is an `(init, update)` pair; return its update."""
-    if not _is_transformation(tx):
-        raise TypeError(
-            f"{fn}: {name} must be an (init, update) pair such as a "
-            f"GradientTransformation, got {type(tx).__name__}"
-        )
-    if isinstance(tx, GradientTransformation):
-        return tx.update
-    return _accepting_extras(tx.update)
 
 
 def _check_mask(fn: str, name: str, mask: Any) -> None:
@@ -172,7 +159,7 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformation:
         {'b': Array([ 0.5, -2. ], dtype=float32), 'w': Array([ 1., -1.], dtype=float32)}
     """
     fn = "masked"
-    inner_update = _check_transformation(fn, "inner", inner)
+    inner_update = check_transformation(fn, "inner", inner)
     _check_mask(fn, "mask", mask)
 
     def init(params: Params) -> MaskedState:
@@ -280,7 +267,7 @@ def multi_transform(
                 f"{fn}: transforms must be keyed by label strings, got "
                 f"{type(label).__name__} {label!r}"
             )
-        update_fns[label] = _check_transformation(fn, f"transforms[{label!r}]", tx)
+        update_fns[label] = check_transformation(fn, f"transforms[{label!r}]", tx)
     _check_mask(fn, "labels", labels)
 
     def groups(tree_labels: list[str]) -> dict[str, list[bool]]:
@@ -459,7 +446,7 @@ def apply_if_finite(
         (Array([0., 0.], dtype=float32), Array(1, dtype=int32))
     """
     fn = "apply_if_finite"
-    inner_update = _check_transformation(fn, "inner", inner)
+    inner_update = check_transformation(fn, "inner", inner)
     max_consecutive_errors = check_count(
         fn, "max_consecutive_errors", max_consecutive_errors, 0
     )
@@ -575,9 +562,9 @@ def accumulate_gradients(
         Array([-1.5], dtype=float32)
     """
     fn = "accumulate_gradients"
-    inner_update = _check_transformation(fn, "inner", inner)
+    inner_update = check_transformation(fn, "inner", inner)
     every_k = check_count(fn, "every_k", every_k, 1)
-    accumulator_dtype = _check_dtype(fn, "accumulator_dtype", accumulator_dtype)
+    accumulator_dtype = check_dtype(fn, "accumulator_dtype", accumulator_dtype)
 
     def init(params: Params) -> AccumulateGradientsState:
         return AccumulateGradientsState(

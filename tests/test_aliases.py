@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -266,8 +267,7 @@ def test_adamw_multiplier_is_adamw_with_a_rescaled_decay():
     want = _trajectory(
         gradtx.adamw(lambda t: base * lr_schedule(t), weight_decay=1e-3 / base)
     )
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5)
+    chex.assert_trees_all_close(got, want, rtol=1e-5)
 
 
 def test_sgd_l2_and_sgdw_coincide_without_momentum_and_differ_with_it():

@@ -5,6 +5,7 @@ transformation is added here in the same commit as the transformation;
 `test_every_public_name_is_covered` fails until it is.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -258,5 +259,4 @@ def test_same_updates_under_inject_hyperparams(name):
         params, state = step(params, state)
         params_i, state_i = injected_step(params_i, state_i)
     # float32 arrays instead of Python constants: a few ulps, not bits
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_i), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(params, params_i, rtol=1e-6, atol=1e-7)

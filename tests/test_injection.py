@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,11 +28,10 @@ def run(tx, steps=30, seed=0, **extra):
 
 
 def assert_trees_close(a, b, rtol=0.0):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        if rtol == 0.0:
-            np.testing.assert_array_equal(x, y)
-        else:
-            np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * 1e-2)
+    if rtol == 0.0:
+        chex.assert_trees_all_equal(a, b)
+    else:
+        chex.assert_trees_all_close(a, b, rtol=rtol, atol=rtol * 1e-2)
 
 
 SCHEDULE = gradtx.warmup_cosine_decay_schedule(0.0, 0.05, 5, 30)

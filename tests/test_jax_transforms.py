@@ -1,5 +1,6 @@
 """gradtx under jax.jit, jax.lax.scan and jax.grad (vmap: test_contract.py)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,8 +75,7 @@ def test_jit_and_eager_agree(name):
     grads = jax.grad(loss)(params, x, y)
     eager = tx.update(grads, state, params)
     jitted = jax.jit(tx.update)(grads, state, params)
-    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-6, atol=1e-7)
 
 
 def test_gradient_with_respect_to_the_learning_rate_of_sgd_is_analytic():

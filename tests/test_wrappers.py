@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,8 +31,7 @@ def bits(tree):
 
 
 def close(got, want, rtol=1e-6):
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=0)
+    chex.assert_trees_all_close(got, want, rtol=rtol, atol=0)
 
 
 def n_arrays(tree):

@@ -1,8 +1,11 @@
 """Check `gradtx.fused_step` on the default JAX device (a GPU, say).
 
 On a CPU the fused step runs the C++ kernel; anywhere else it must lower to
-the plain step: no `gradtx_fused` custom call in the compiled step and the
-same numbers, bit for bit. Run from the repository root:
+the plain step: no `gradtx_fused` custom call in the compiled step. On every
+platform its numbers must stay within the bound of docs/fused.md ("Same
+numbers") from the plain step's, checked here leaf by leaf against each
+leaf's largest value (8 float32 epsilons a step); whether they are the same
+bits is printed, not required. Run from the repository root:
 
     python -m benchmarks.check_fused_platform
 
@@ -19,6 +22,23 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradtx
+
+STEPS = 5
+ULPS = 8  # the bound of one step, in float32 epsilons (docs/fused.md)
+
+
+def _apart(a: jax.Array, b: jax.Array) -> float:
+    """max |a - b| over the largest |b|, in epsilons of the leaf's dtype.
+
+    0 if the two are equal (counts, say); a moment kept in bfloat16 counts
+    in bfloat16 epsilons (it may be a bfloat16 place from the plain one).
+    """
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a64.size == 0 or np.array_equal(a64, b64, equal_nan=True):
+        return 0.0
+    info = jnp.finfo(a.dtype)
+    size = max(float(np.max(np.abs(b64))), float(info.tiny))
+    return float(np.max(np.abs(a64 - b64))) / size / float(info.eps)
 
 
 def main() -> int:
@@ -58,22 +78,21 @@ def main() -> int:
         warned = any("flat_moments=True" in str(w.message) for w in caught)
         kernel = "gradtx_fused" in text
         p1, s1, p2, s2 = params, state, params, state
-        for _ in range(5):
+        for _ in range(STEPS):
             p1, s1 = fused(p1, s1, grads)
             p2, s2 = plain(p2, s2, grads)
-        same = all(
-            np.array_equal(np.asarray(a), np.asarray(b))
-            for a, b in zip(
-                jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2)), strict=True
-            )
+        pairs = list(
+            zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2)), strict=True)
         )
+        same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+        apart = max(_apart(a, b) for a, b in pairs)
         expect_kernel = device.platform == "cpu"
-        ok = (kernel == expect_kernel) and (same or expect_kernel)
+        ok = kernel == expect_kernel and apart <= ULPS * STEPS
         ok = ok and warned == (flat and not expect_kernel)
         failed |= not ok
         print(
             f"{name}: fused={step.fused} kernel_in_step={kernel} "
-            f"bit_identical_to_plain={same} flat_warning={warned} "
+            f"apart={apart:.1f} eps (bit_identical={same}) flat_warning={warned} "
             f"-> {'ok' if ok else 'FAILED'}"
         )
     return 1 if failed else 0

@@ -1,192 +1,106 @@
-"""The optimizers under test, built the same way in gradtx, optax and torch.optim.
+"""The optimizers under test, built alike in gradtx, optax and torch.optim.
 
-Every library gets the same hyperparameters (`HYPERPARAMS`). The gradtx side
-calls only the public API (`gradtx.adamw(...)`, `gradtx.apply_updates`), so
-whatever gradtx does by default, a fast path included, is what gets timed.
-To time another JAX library or a gradtx variant side by side, add an entry to
-`JAX_LIBRARIES`: a function from an optimizer name to `(tx, apply_updates)`.
-
-Each optimizer also carries its memory-traffic model: the bytes per parameter
-that a step must move at the least, with float32 everything:
-
-- adamw, adam: read p, g, m, v and write p, m, v: 7 x 4 = 28 bytes.
-- sgd with momentum: read p, g, v and write p, v: 5 x 4 = 20 bytes.
-- clip + adamw: adamw plus one more read of g for the global norm: 32 bytes.
-- adamw_bf16 (AdamW with `mu_dtype=bfloat16`, not in the default set): the
-  first moment takes 2 bytes instead of 4: 24 bytes. torch.optim has no such
-  option (its state follows the params' dtype), so only the JAX side runs it.
+Every library gets the same hyperparameters. The gradtx side uses only the
+public API, so whatever gradtx does by default is what gets timed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-HYPERPARAMS = {
-    "learning_rate": 1e-3,
-    "b1": 0.9,
-    "b2": 0.999,
-    "eps": 1e-8,
-    "weight_decay": 1e-2,
-    "momentum": 0.9,
-    "max_norm": 1.0,
-}
+LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
+WEIGHT_DECAY, MOMENTUM, MAX_NORM = 1e-2, 0.9, 1.0
+
+# The bytes per parameter a step must read and write at the least, all in
+# float32: the copy floor moves as many. AdamW reads p, g, m, v and writes
+# p, m, v; SGD reads p, g, v and writes p, v; clipping reads g once more for
+# the norm; a bfloat16 first moment moves 2 bytes each way instead of 4.
+BYTES_PER_PARAM = {"adamw": 28, "clip_adamw": 32, "sgd": 20, "adam": 28}
+BYTES_PER_PARAM["adamw_bf16"] = 24  # not in the default set; no torch side
+DEFAULT_OPTIMIZERS = ("adamw", "clip_adamw", "sgd", "adam")
 
 
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """One optimizer under test and its memory-traffic model."""
+def _build(lib: Any, name: str) -> Any:
+    """The optimizer `name` from gradtx or optax, whose aliases agree."""
+    adam = dict(b1=B1, b2=B2, eps=EPS)
+    if name == "adamw_bf16":
+        import jax.numpy as jnp
 
-    name: str
-    label: str
-    bytes_per_param: int
-    traffic: str
-
-
-OPTIMIZERS = {
-    "adamw": OptimizerSpec(
-        "adamw", "AdamW", 28, "read p, g, m, v; write p, m, v (7 x 4 B)"
-    ),
-    "adam": OptimizerSpec("adam", "Adam", 28, "read p, g, m, v; write p, m, v"),
-    "sgd": OptimizerSpec(
-        "sgd", "SGD momentum 0.9", 20, "read p, g, v; write p, v (5 x 4 B)"
-    ),
-    "clip_adamw": OptimizerSpec(
-        "clip_adamw",
-        "clip_by_global_norm(1) + AdamW",
-        32,
-        "AdamW plus one read of g for the norm (8 x 4 B)",
-    ),
-}
-DEFAULT_OPTIMIZERS = tuple(OPTIMIZERS)
-OPTIMIZERS["adamw_bf16"] = OptimizerSpec(
-    "adamw_bf16",
-    "AdamW, first moment in bfloat16",
-    24,
-    "read p, g, v (4 B), m (2 B); write p, v (4 B), m (2 B)",
-)
+        return lib.adamw(LR, weight_decay=WEIGHT_DECAY, mu_dtype=jnp.bfloat16, **adam)
+    if name == "adamw":
+        return lib.adamw(LR, weight_decay=WEIGHT_DECAY, **adam)
+    if name == "clip_adamw":
+        return lib.chain(lib.clip_by_global_norm(MAX_NORM), _build(lib, "adamw"))
+    if name == "adam":
+        return lib.adam(LR, **adam)
+    if name == "sgd":
+        return lib.sgd(LR, momentum=MOMENTUM)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {BYTES_PER_PARAM}")
 
 
-def _gradtx(name: str) -> tuple[Any, Callable[..., Any]]:
-    import jax.numpy as jnp
+def _plain(lib: Any) -> Callable[[str], tuple[Any, Callable]]:
+    def make(name: str) -> tuple[Any, Callable]:
+        tx = _build(lib, name)
 
-    import gradtx
+        def step(params, state, grads):
+            updates, state = tx.update(grads, state, params)
+            return lib.apply_updates(params, updates), state
 
-    h = HYPERPARAMS
-    adam_args = dict(b1=h["b1"], b2=h["b2"], eps=h["eps"])
-    if name in ("adamw", "adamw_bf16"):
-        if name == "adamw_bf16":
-            adam_args["mu_dtype"] = jnp.bfloat16
-        tx = gradtx.adamw(
-            h["learning_rate"], weight_decay=h["weight_decay"], **adam_args
-        )
-    elif name == "adam":
-        tx = gradtx.adam(h["learning_rate"], **adam_args)
-    elif name == "sgd":
-        tx = gradtx.sgd(h["learning_rate"], momentum=h["momentum"])
-    elif name == "clip_adamw":
-        tx = gradtx.chain(
-            gradtx.clip_by_global_norm(h["max_norm"]), _gradtx("adamw")[0]
-        )
-    else:
-        raise ValueError(f"gradtx: unknown optimizer {name!r}")
-    return tx, gradtx.apply_updates
+        return tx.init, step
+
+    return make
 
 
-def _optax(name: str) -> tuple[Any, Callable[..., Any]]:
-    import jax.numpy as jnp
+def _fused(**options: Any) -> Callable[[str], tuple[Any, Callable]]:
+    def make(name: str) -> tuple[Any, Callable]:
+        import gradtx
+
+        step = gradtx.fused_step(_build(gradtx, name), **options)
+        return step.init, step
+
+    return make
+
+
+def jax_libraries() -> dict[str, Callable[[str], tuple[Any, Callable]]]:
+    """Library name -> (optimizer name -> `(init, step)`), in column order.
+
+    `step(params, state, grads)` returns `(params, state)`.
+    """
     import optax
 
-    h = HYPERPARAMS
-    adam_args = dict(b1=h["b1"], b2=h["b2"], eps=h["eps"])
-    if name in ("adamw", "adamw_bf16"):
-        if name == "adamw_bf16":
-            adam_args["mu_dtype"] = jnp.bfloat16
-        tx = optax.adamw(
-            h["learning_rate"], weight_decay=h["weight_decay"], **adam_args
-        )
-    elif name == "adam":
-        tx = optax.adam(h["learning_rate"], **adam_args)
-    elif name == "sgd":
-        tx = optax.sgd(h["learning_rate"], momentum=h["momentum"])
-    elif name == "clip_adamw":
-        tx = optax.chain(optax.clip_by_global_norm(h["max_norm"]), _optax("adamw")[0])
-    else:
-        raise ValueError(f"optax: unknown optimizer {name!r}")
-    return tx, optax.apply_updates
-
-
-def _gradtx_fused(name: str) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
-    """gradtx's chain run by `gradtx.fused_step` (one pass on CPU)."""
     import gradtx
 
-    tx, apply_updates = _gradtx(name)
-    return tx, apply_updates, gradtx.fused_step(tx)
+    return {
+        "gradtx": _plain(gradtx),
+        "gradtx-fused": _fused(),
+        "gradtx-flat": _fused(flat_moments=True),
+        "optax": _plain(optax),
+    }
 
 
-def _gradtx_flat(name: str) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
-    """The fused step with the moments in flat arrays (`flat_moments=True`)."""
-    import gradtx
-
-    tx, apply_updates = _gradtx(name)
-    return tx, apply_updates, gradtx.fused_step(tx, flat_moments=True)
+TORCH_LIBRARIES = ("torch-foreach", "torch-fused")
 
 
-# name -> (optimizer name -> (tx, apply_updates[, step])); the order is the
-# column order. A library that returns a third item, `step(params, state,
-# grads) -> (params, state)`, is timed with it instead of `tx.update` followed
-# by `apply_updates`; its state comes from `step.init` where it has one.
-JAX_LIBRARIES: dict[str, Callable[[str], tuple[Any, ...]]] = {
-    "gradtx": _gradtx,
-    "gradtx-fused": _gradtx_fused,
-    "gradtx-flat": _gradtx_flat,
-    "optax": _optax,
-}
-# The contenders whose ratios to every other contender are reported.
-OURS = ("gradtx", "gradtx-fused", "gradtx-flat")
+def make_torch(name: str, params: list, impl: str) -> tuple[Any, float | None]:
+    """torch.optim's `name` built with `foreach=True` or `fused=True`.
 
-# torch.optim implementations timed, each a constructor keyword set to True.
-TORCH_IMPLS = ("foreach", "fused")
-
-
-def make_torch(name: str, params: list[Any], impl: str) -> tuple[Any, float | None]:
-    """A torch.optim optimizer for `name` over `params`, and its clip norm.
-
-    Args:
-        name: One of `OPTIMIZERS`.
-        params: The tensors to optimize.
-        impl: "foreach" or "fused": the constructor flag set to True.
-
-    Returns:
-        `(optimizer, max_norm)`; `max_norm` is None unless the step must first
-        call `torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)`.
-
-    Raises:
-        ValueError: If the optimizer name is unknown.
-        RuntimeError: If torch rejects the implementation on this device.
+    Returns the optimizer and the max norm to clip to before each step (None
+    for no clipping).
     """
     import torch
 
-    h = HYPERPARAMS
     flag = {impl: True}
-    betas = (h["b1"], h["b2"])
-    lr = h["learning_rate"]
     if name in ("adamw", "clip_adamw"):
         opt = torch.optim.AdamW(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=h["eps"],
-            weight_decay=h["weight_decay"],
-            **flag,
+            params, LR, betas=(B1, B2), eps=EPS, weight_decay=WEIGHT_DECAY, **flag
         )
     elif name == "adam":
-        opt = torch.optim.Adam(params, lr=lr, betas=betas, eps=h["eps"], **flag)
+        opt = torch.optim.Adam(params, LR, betas=(B1, B2), eps=EPS, **flag)
     elif name == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=h["momentum"], **flag)
-    elif name == "adamw_bf16":
-        raise ValueError("torch.optim keeps its state in the params' dtype")
+        opt = torch.optim.SGD(params, LR, momentum=MOMENTUM, **flag)
     else:
-        raise ValueError(f"torch: unknown optimizer {name!r}")
-    return opt, (h["max_norm"] if name == "clip_adamw" else None)
+        raise ValueError(
+            f"torch.optim has no {name!r} (its state is the params' dtype)"
+        )
+    return opt, (MAX_NORM if name == "clip_adamw" else None)

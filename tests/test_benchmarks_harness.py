@@ -1,24 +1,22 @@
-"""The benchmark harness runs end to end on tiny trees and records every field.
-
-Nothing here asserts anything about speed: timings are never tested.
-"""
+"""The benchmark harness works on tiny trees; nothing here asserts a speed."""
 
 import json
 import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import harness, report, run  # noqa: E402
-from benchmarks.optimizers import OPTIMIZERS, OURS  # noqa: E402
-from benchmarks.trees import custom_tree, get_tree  # noqa: E402
+from benchmarks import harness, report, trees  # noqa: E402
+from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.optimizers import BYTES_PER_PARAM, TORCH_LIBRARIES  # noqa: E402
 
+TINY_TREE = trees.Tree("tiny", "three leaves", ((3,), (4, 5), (7,)))
 TINY = harness.Settings(rounds=2, warmup=1, sample_seconds=0.001)
 
 
@@ -29,331 +27,142 @@ TINY = harness.Settings(rounds=2, warmup=1, sample_seconds=0.001)
         ("gpt2-small", 148, 124_439_808),
         ("many-small", 2200, 2000 * 64 + 200 * 256 * 256),
         ("one-big", 1, 2**24),
-        ("sweep-30", 30, 30 * 1024),
+        ("one-1b", 1, 2**30),
     ],
 )
-def test_tree_shapes_match_the_published_models(name, leaves, params):
-    spec = get_tree(name)
-    assert spec.n_leaves == leaves
-    assert spec.n_params == params
-    assert sorted(spec.keys()) == spec.keys()  # JAX's leaf order is ours
+def test_trees_have_the_published_models_shapes(name, leaves, params):
+    tree = trees.get_tree(name)
+    assert len(tree.shapes) == leaves
+    assert tree.n_params == params
+    assert sorted(tree.keys()) == tree.keys()  # JAX's leaf order is torch's
 
 
 def test_unknown_tree_is_refused():
     with pytest.raises(ValueError, match="unknown tree 'resnet51'"):
-        get_tree("resnet51")
+        trees.get_tree("resnet51")
 
 
-@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
-def test_run_case_records_every_field(optimizer):
-    spec = custom_tree("tiny", [(3,), (4, 5), (7,)])
-    record = harness.run_case(spec, optimizer, TINY)
+def test_run_case_times_every_library():
+    rows = harness.run_case(TINY_TREE, "clip_adamw", settings=TINY)
 
-    assert record["key"] == f"tiny/{optimizer}"
-    assert record["n_leaves"] == 3 and record["n_params"] == 30
-    assert record["model_bytes_per_param"] == OPTIMIZERS[optimizer].bytes_per_param
-    assert set(record["contenders"]) == set(harness.DEFAULT_CONTENDERS)
-    for name, entry in record["contenders"].items():
-        if name.startswith("torch-") and entry["status"] == "skipped":
-            assert entry["reason"]  # an unsupported variant says why
+    assert [row["library"] for row in rows] == list(harness.LIBRARIES)
+    for row in rows:
+        name = row["library"]
+        assert (row["tree"], row["optimizer"]) == ("tiny", "clip_adamw")
+        assert row["ms"] > 0
+        assert (row["vs_optax"] is None) == (name == "optax")
+        assert (row["vs_torch"] is None) == (name == "torch-fused")
+        for ratio in (row["vs_optax"], row["vs_torch"]):
+            assert ratio is None or ratio > 0
+        is_jax = name not in (harness.COPY, *TORCH_LIBRARIES)
+        assert (row["compile_s"] is not None and row["compile_s"] > 0) == is_jax
+
+
+def test_run_case_leaves_out_what_torch_rejects():
+    libraries = ("optax", "torch-fused")
+    rows = harness.run_case(TINY_TREE, "adamw_bf16", libraries, TINY)
+    assert [(row["library"], row["vs_torch"]) for row in rows] == [("optax", None)]
+
+
+def _final_params(step) -> list[np.ndarray]:
+    if isinstance(step, harness.TorchStep):
+        return [p.detach().cpu().numpy() for p in step.params]
+    return [np.asarray(x) for x in jax.tree.leaves(step.params)]
+
+
+@pytest.mark.parametrize("optimizer", list(BYTES_PER_PARAM))
+def test_every_library_does_the_same_work(optimizer):
+    params_np, grads_np = trees.make_data(TINY_TREE)
+    grads = jax.tree.map(jax.numpy.asarray, grads_np)
+    finals = {}
+    for name in harness.LIBRARIES[1:]:
+        try:
+            step = harness.build(name, TINY_TREE, optimizer, params_np, grads_np, grads)
+        except ValueError:
+            assert optimizer == "adamw_bf16" and name in TORCH_LIBRARIES
             continue
-        assert entry["status"] == "ok", entry
-        assert len(entry["samples_s"]) == TINY.rounds
-        assert entry["p25_s"] <= entry["median_s"] <= entry["p75_s"]
-        assert entry["achieved_gbs"] > 0
-    for name in ("gradtx", "optax", harness.IDENTITY):
-        entry = record["contenders"][name]
-        assert entry["lower_s"] > 0 and entry["compile_s"] > 0
-        assert entry["lower_compile_s"] == pytest.approx(
-            entry["lower_s"] + entry["compile_s"]
-        )
-        assert {"fusions", "scalar_fusions", "unfused_ops"} <= entry["hlo"].keys()
-        assert entry["memory"]["argument_bytes"] > 0
-        assert entry["warnings"] == []  # donation worked
-    assert record["contenders"]["gradtx"]["hlo"]["fusions"] >= 1
-    assert record["contenders"][harness.IDENTITY]["hlo"]["fusions"] == 0
-    assert record["contenders"]["gradtx"]["bytes_per_param"] > 0
-    torch_runs = optimizer != "adamw_bf16"  # torch.optim has no bfloat16 state
-    if not torch_runs:
-        for impl in ("torch-foreach", "torch-fused"):
-            entry = record["contenders"][impl]
-            assert entry["status"] == "skipped" and "dtype" in entry["reason"]
-    for key in ("gradtx/optax", "gradtx/torch-foreach")[: 2 if torch_runs else 1]:
-        assert record["ratios"][key]["paired_median"] > 0
-    assert harness.IDENTITY not in " ".join(record["ratios"])
-    # clip + AdamW also times each of our steps without the clip, paired
-    if optimizer in harness.BASELINES:
-        assert set(record["baselines"]) == set(OURS)
-        for base in record["baselines"].values():
-            assert base["optimizer"] == harness.BASELINES[optimizer]
-            assert len(base["samples_s"]) == TINY.rounds
-            assert base["paired_median"] > 0 and base["median_s"] > 0
-        assert not any(":" in key for key in record["ratios"])
-    else:
-        assert record["baselines"] == {}
-    # Every side ran the same steps from the same start, so they agree.
-    agreement = record["agreement"]
-    assert agreement["reference"] == "optax"
-    assert agreement["steps"] >= 1 + TINY.warmup + TINY.rounds
-    diffs = agreement["max_abs_diff"].values()
-    if torch_runs:
-        assert max(diffs) < 1e-5
-    else:
-        # with a bfloat16 first moment optax takes b1 * mu in bfloat16, gradtx
-        # in float32: the two drift apart by bfloat16 roundings over the run's
-        # (time-dependent) number of steps, while gradtx's steps stay together
-        assert max(diffs) < 1e-3 and max(diffs) - min(diffs) < 1e-6
+        step.run(3)
+        finals[name] = _final_params(step)
+    # optax multiplies a bfloat16 first moment by b1 in bfloat16, gradtx in
+    # float32: the two differ by bfloat16 roundings.
+    tolerance = 1e-4 if optimizer == "adamw_bf16" else 1e-6
+    for name, final in finals.items():
+        for got, want in zip(final, finals["optax"], strict=True):
+            np.testing.assert_allclose(got, want, atol=tolerance, err_msg=name)
+        assert not np.allclose(final[0], params_np["0"])  # it did step
 
 
-HLO = """\
-HloModule jit_step, entry_computation_layout={(f32[8]{0})->(f32[8]{0}, s32[])}
-
-%add_reducer (a: f32[], b: f32[]) -> f32[] {
-  %a = f32[] parameter(0)
-  %b = f32[] parameter(1)
-  ROOT %add = f32[] add(%a, %b)
-}
-
-%fused_computation (param_0: f32[8]) -> f32[8] {
-  %param_0 = f32[8]{0} parameter(0)
-  ROOT %multiply = f32[8]{0} multiply(%param_0, %param_0)
-}
-
-%fused_computation.1 (param_0.1: s32[]) -> s32[] {
-  %param_0.1 = s32[] parameter(0)
-  %constant = s32[] constant(1)
-  ROOT %add.1 = s32[] add(%param_0.1, %constant)
-}
-
-ENTRY %main (p: f32[8], c: s32[]) -> (f32[8], s32[]) {
-  %p = f32[8]{0} parameter(0)
-  %c = s32[] parameter(1)
-  %square_fusion = f32[8]{0} fusion(%p), kind=kLoop, calls=%fused_computation
-  %count_fusion = s32[] fusion(%c), kind=kLoop, calls=%fused_computation.1
-  %zero = f32[] constant(0)
-  %sum = f32[] reduce(%square_fusion, %zero), dimensions={0}, to_apply=%add_reducer
-  ROOT %tuple = (f32[8]{0}, s32[]) tuple(%square_fusion, %count_fusion)
-}
-"""
+def _row(tree, optimizer, library, **values):
+    row = {"tree": tree, "optimizer": optimizer, "library": library}
+    return (
+        row | {"ms": 1.5, "vs_optax": 0.5, "vs_torch": 2.0, "compile_s": 0.25} | values
+    )
 
 
-def test_analyse_hlo_counts_kernels_not_their_insides():
-    counts = harness.analyse_hlo(HLO)
-    assert counts["fusions"] == 2
-    assert counts["fusion_kinds"] == {"kLoop": 2}
-    assert counts["scalar_fusions"] == 1
-    assert counts["unfused_op_kinds"] == {"reduce": 1}  # the reducer's add is not
+def test_summary_file_round_trips_and_a_run_replaces_only_its_cases(tmp_path):
+    path = tmp_path / "device.json"
+    head = {"device": "CPU x", "mode": "full", "torch_device": "cpu"}
+    head["versions"] = {"jax": "1"}
+    first = [_row("one-big", "adamw", "gradtx"), _row("one-big", "sgd", "gradtx")]
+    report.save(path, {**head, "rows": first})
+    assert json.loads(path.read_text()) == {**head, "rows": first}
+
+    again = [_row("one-big", "sgd", "gradtx", ms=9.0), _row("one-big", "sgd", "optax")]
+    report.save(path, {**head, "rows": again})
+    assert json.loads(path.read_text())["rows"] == [first[0], *again]
 
 
-LOOP_HLO = """\
-HloModule jit_loop
-
-%fused_body (param_0: f32[8]) -> f32[8] {
-  %param_0 = f32[8]{0} parameter(0)
-  ROOT %sine = f32[8]{0} sine(%param_0)
-}
-
-%body (carry: (s32[], f32[8])) -> (s32[], f32[8]) {
-  %carry = (s32[], f32[8]{0}) parameter(0)
-  %i = s32[] get-tuple-element(%carry), index=0
-  %x = f32[8]{0} get-tuple-element(%carry), index=1
-  %sine_fusion = f32[8]{0} fusion(%x), kind=kLoop, calls=%fused_body
-  %one = s32[] constant(1)
-  %next = s32[] add(%i, %one)
-  ROOT %out = (s32[], f32[8]{0}) tuple(%next, %sine_fusion)
-}
-
-%cond (carry.1: (s32[], f32[8])) -> pred[] {
-  %carry.1 = (s32[], f32[8]{0}) parameter(0)
-  %i.1 = s32[] get-tuple-element(%carry.1), index=0
-  %three = s32[] constant(3)
-  ROOT %less = pred[] compare(%i.1, %three), direction=LT
-}
-
-ENTRY %main (x.1: f32[8]) -> (s32[], f32[8]) {
-  %x.1 = f32[8]{0} parameter(0)
-  %zero = s32[] constant(0)
-  %init = (s32[], f32[8]{0}) tuple(%zero, %x.1)
-  ROOT %loop = (s32[], f32[8]{0}) while(%init), condition=%cond, body=%body
-}
-"""
-
-
-def test_analyse_hlo_follows_loop_bodies():
-    counts = harness.analyse_hlo(LOOP_HLO)
-    assert counts["fusions"] == 1  # in the body, counted once
-    assert counts["unfused_op_kinds"] == {"add": 1, "compare": 1}
-
-
-def test_analyse_hlo_reads_a_real_module():
-    def step(x):
-        return jax.lax.fori_loop(0, 3, lambda i, y: jnp.sin(y) * 2.0 + y, x)
-
-    text = jax.jit(step).lower(jnp.ones(1000)).compile().as_text()
-    assert harness.analyse_hlo(text)["fusions"] >= 1
-
-
-def test_measure_bandwidth_reports_a_limit():
-    result = harness.measure_bandwidth(size=2**14, repeats=2)
-    assert result["bytes_per_call"] == 8 * 2**14
-    assert "jax x*a+b (donated)" in result["kernels"]
-    assert result["limit_gbs"] > 0
-    assert result["limit_kernel"] in result["kernels"]
-    assert all(k["calls_per_sample"] >= 1 for k in result["kernels"].values())
-    # the read-only kernels move 4 bytes per element and give the read limit
-    reading = result["kernels"]["jax sum(x*x)"]
-    assert reading["reads_only"] and reading["bytes_per_call"] == 4 * 2**14
-    assert not result["kernels"][result["limit_kernel"]]["reads_only"]
-    assert result["kernels"][result["read_kernel"]]["reads_only"]
-    assert result["read_gbs"] > 0
-
-
-def test_clip_target_shows_the_read_bound_floor():
-    def case(optimizer, seconds):
-        return {
-            "key": f"one-big/{optimizer}",
-            "tree": "one-big",
-            "optimizer": optimizer,
-            "run": "r",
-            "n_leaves": 1,
-            "n_params": 10**9,
-            "largest_leaf_bytes": 4 * 10**9,
-            "contenders": {"gradtx": {"status": "ok", "median_s": seconds}},
-            "ratios": {},
-        }
-
-    bandwidth = {"limit_gbs": 80.0, "read_gbs": 40.0, "kernels": {}}
-    run = {"machine": {"jax_platform": "cpu"}, "bandwidth": {"end": bandwidth}}
-    records = [case("adamw", 0.4), case("clip_adamw", 0.6)]
-    rows = {row[0]: row[1:] for row in report.target_rows(records, {"r": run})}
-    # reading 4 GB at 40 GB/s takes 0.1 s: at best 1.25x a 0.4 s AdamW step
-    assert rows["clip + AdamW one-big: gradtx over gradtx AdamW <= 1.2"] == [
-        "1.50x (read-bound floor 1.25x)",
-        "no",
+def test_page_shows_every_column(tmp_path):
+    rows = [
+        _row("resnet50", "adamw", "gradtx-fused", ms=16.62),
+        _row("resnet50", "adamw", "optax", vs_optax=None, ms=39.2),
+        _row("resnet50", "adamw", "copy", compile_s=None, vs_torch=0.004, ms=0.1234),
     ]
-    # a run from before the read kernels: no floor
-    del bandwidth["read_gbs"]
-    rows = {row[0]: row[1:] for row in report.target_rows(records, {"r": run})}
-    assert rows["clip + AdamW one-big: gradtx over gradtx AdamW <= 1.2"] == [
-        "1.50x",
-        "no",
-    ]
-    # AdamW timed in the clipped case's own rounds: the paired ratio wins over
-    # the medians of the two cases, and the floor uses that AdamW step
-    bandwidth["read_gbs"] = 40.0
-    records[1]["baselines"] = {
-        "gradtx": {"optimizer": "adamw", "median_s": 0.5, "paired_median": 1.15}
-    }
-    rows = {row[0]: row[1:] for row in report.target_rows(records, {"r": run})}
-    assert rows["clip + AdamW one-big: gradtx over gradtx AdamW <= 1.2"] == [
-        "1.15x (paired; read-bound floor 1.20x)",
-        "yes",
-    ]
-
-
-def test_command_line_writes_results_page_and_plots(tmp_path, capsys, monkeypatch):
-    # main() sets these for the process it runs in; keep this one as it was.
-    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    cache = jax.config.jax_enable_compilation_cache
-    results, docs = tmp_path / "results", tmp_path / "docs" / "benchmarks.md"
-    img = tmp_path / "docs" / "img"
-    argv = ["--trees", "sweep", "--sweep", "2,4", "--optimizers", "adamw"]
-    argv += ["--rounds", "2", "--warmup", "1", "--sample-seconds", "0.001"]
-    argv += ["--bandwidth-size", str(2**14), "--contenders", "gradtx,optax"]
-    argv += ["--results-dir", str(results), "--docs", str(docs)]
-    argv += ["--img-dir", str(img)]
-    try:
-        run.main(argv)
-    finally:
-        jax.config.update("jax_enable_compilation_cache", cache)
-
-    files = list(results.glob("*.json"))
-    assert len(files) == 1
-    data = json.loads(files[0].read_text())
-    assert set(data["cases"]) == {"sweep-2/adamw", "sweep-4/adamw"}
-    (run_record,) = data["runs"].values()
-    assert {"start", "end"} <= run_record["bandwidth"].keys()
-    assert run_record["machine"]["versions"]["jax"] == jax.__version__
-    assert run_record["command"].startswith("python -m benchmarks --trees sweep")
+    summary = {"device": "CPU x (2 cores)", "mode": "full", "torch_device": "cpu"}
+    summary |= {"versions": {"jax": "0.1"}, "rows": rows}
+    (tmp_path / "cpu-x.json").write_text(report.dumps(summary))
+    quick = {**summary, "device": "CPU x quick"}
+    (tmp_path / "cpu-x-quick.json").write_text(report.dumps(quick))
+    docs = tmp_path / "benchmarks.md"
+    report.write_page(tmp_path, docs)
 
     page = docs.read_text()
     assert "Do not edit by hand" in page
-    assert "Leaf-count sweep" in page and "Growth exponents" in page
-    assert "Bandwidth limit" in page
-    assert "Leaf-count sweep" in capsys.readouterr().out
+    assert "## CPU x (2 cores)" in page and "CPU x quick" not in page
+    assert "jax 0.1; torch on cpu." in page
+    assert "| tree | optimizer | library | step (ms) | ÷ optax | ÷ torch-fused " in page
+    lines = [line for line in page.splitlines() if line.startswith("| ")][2:]
+    assert lines == [  # in library order; the case is named once
+        "| resnet50 | adamw | copy | 0.123 | 0.50x | 0.004x |  |",
+        "|  |  | gradtx-fused | 16.6 | 0.50x | 2.00x | 0.25 |",
+        "|  |  | optax | 39.2 |  | 2.00x | 0.25 |",
+    ]
+    assert "`resnet50`: the shapes of torchvision's ResNet-50, 161 leaves" in page
+    assert "`one-big`" not in page  # only the trees with rows
+
+
+def test_command_line_saves_a_summary_and_writes_the_page(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(trees.TREES, "tiny", ("two leaves", lambda: [(3,), (4,)]))
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    cache = jax.config.jax_enable_compilation_cache
+    docs = tmp_path / "benchmarks.md"
+    argv = ["--trees", "tiny", "--optimizers", "adamw,sgd"]
+    argv += ["--libraries", "copy,optax", "--rounds", "1", "--warmup", "1"]
+    argv += ["--sample-seconds", "0.001", "--results-dir", str(tmp_path)]
     try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return
-    plots = list(img.glob("benchmarks_*.png"))
-    assert [p.name for p in plots] == [f"benchmarks_{files[0].stem}_sweep.png"]
-    assert f"img/{plots[0].name}" in page
+        main([*argv, "--docs", str(docs)])
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
 
-
-def test_a_second_run_replaces_only_its_own_cases(tmp_path):
-    path = tmp_path / "device.json"
-    first = {"id": "a", "machine": {"device": "cpu"}}
-    second = {"id": "b", "machine": {"device": "cpu"}}
-    run.save(
-        path, first, [{"key": "x/adamw", "run": "a"}, {"key": "y/sgd", "run": "a"}]
-    )
-    run.save(path, second, [{"key": "x/adamw", "run": "b"}])
-    data = json.loads(path.read_text())
-    assert data["cases"]["x/adamw"]["run"] == "b"
-    assert data["cases"]["y/sgd"]["run"] == "a"
-    assert set(data["runs"]) == {"a", "b"}
-    run.save(path, second, [{"key": "y/sgd", "run": "b"}])
-    assert set(json.loads(path.read_text())["runs"]) == {"b"}
-
-
-def test_fit_exponent_recovers_a_power_law():
-    ns = [10, 100, 1000, 10000]
-    fit = report.fit_exponent(ns, [3e-3 * n**1.5 for n in ns])
-    assert fit["exponent"] == pytest.approx(1.5)
-    assert (fit["n_from"], fit["n_to"]) == (100, 10000)
-
-
-def test_gpu_targets_are_read_against_the_runs_own_limit():
-    def case(tree, gradtx_s, optax_s, ratio, run_id):
-        return {
-            "key": f"{tree}/adamw",
-            "tree": tree,
-            "optimizer": "adamw",
-            "run": run_id,
-            "n_leaves": 1,
-            "largest_leaf_bytes": 4,
-            "contenders": {
-                "gradtx": {"status": "ok", "median_s": gradtx_s, "achieved_gbs": 90.0},
-                "optax": {"status": "ok", "median_s": optax_s, "achieved_gbs": 80.0},
-            },
-            "ratios": {"gradtx/optax": {"paired_median": ratio}},
-        }
-
-    def a_run(platform, calls_per_sample=5):
-        kernel = {"gbs": 100.0, "where": "device"}
-        if calls_per_sample:
-            kernel["calls_per_sample"] = calls_per_sample
-        bandwidth = {"limit_gbs": 100.0, "limit_kernel": "k", "kernels": {"k": kernel}}
-        return {"machine": {"jax_platform": platform}, "bandwidth": {"end": bandwidth}}
-
-    records = [
-        case("gpt2-small", 1.0, 1.1, 0.9, "g"),
-        case("one-1b", 1.0, 1.0, 1.01, "g"),
+    (path,) = tmp_path.glob("*.json")
+    assert path.stem == harness.device_slug()
+    summary = json.loads(path.read_text())
+    assert summary["device"] == harness.device_name()
+    assert summary["versions"]["jax"] == jax.__version__
+    assert [(r["optimizer"], r["library"]) for r in summary["rows"]] == [
+        (o, lib) for o in ("adamw", "sgd") for lib in ("copy", "optax")
     ]
-    rows = {row[0]: row[1:] for row in report.target_rows(records, {"g": a_run("gpu")})}
-    assert rows["GPU AdamW gpt2-small: gradtx at >= 85% of the bandwidth limit"] == [
-        "90%",
-        "yes",
-    ]
-    assert rows["GPU AdamW gpt2-small: gradtx / optax <= 1.00"] == ["0.90x", "yes"]
-    assert rows["GPU AdamW one-1b: gradtx / optax <= 1.00"] == ["1.01x", "no"]
-    # The same numbers from a CPU run carry no GPU target.
-    rows = report.target_rows(records, {"g": a_run("cpu")})
-    assert not any(row[0].startswith("GPU") for row in rows)
-    # A GPU limit timed one call per sample reads low: it is not used.
-    old_gpu = a_run("gpu", calls_per_sample=None)
-    assert report.limit_gbs(old_gpu) is None
-    assert report.limit_gbs(a_run("cpu", calls_per_sample=None)) == 100.0
-    rows = {row[0] for row in report.target_rows(records, {"g": old_gpu})}
-    assert "GPU AdamW gpt2-small: gradtx / optax <= 1.00" in rows
-    assert not any("of the bandwidth limit" in row for row in rows)
+    assert f"## {harness.device_name()}" in docs.read_text()
+    assert "tiny / sgd" in capsys.readouterr().out

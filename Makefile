@@ -26,6 +26,7 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/pyright gradtx
 
 # Runs every docstring example, regenerates the generated pages (schedule
 # gallery, optimizer pages) and builds the site with warnings as errors

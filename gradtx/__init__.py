@@ -4,7 +4,10 @@ Every idea about turning a gradient into an update is one pure
 `(init, update)` pair, and optimizers are chains of them.
 """
 
-from gradtx import fused as fused
+import importlib
+import importlib.util
+from typing import Any
+
 from gradtx import masks as masks
 from gradtx.aliases import adadelta as adadelta
 from gradtx.aliases import adagrad as adagrad
@@ -34,8 +37,6 @@ from gradtx.decay import AddDecayedWeightsState as AddDecayedWeightsState
 from gradtx.decay import AddL1PenaltyState as AddL1PenaltyState
 from gradtx.decay import add_decayed_weights as add_decayed_weights
 from gradtx.decay import add_l1_penalty as add_l1_penalty
-from gradtx.fused import FusedStep as FusedStep
-from gradtx.fused import fused_step as fused_step
 from gradtx.injection import InjectHyperparamsState as InjectHyperparamsState
 from gradtx.injection import ReduceOnPlateauState as ReduceOnPlateauState
 from gradtx.injection import inject_hyperparams as inject_hyperparams
@@ -85,13 +86,26 @@ from gradtx.wrappers import multi_transform as multi_transform
 
 __version__ = "0.1.0"
 
+# The fused CPU step is an annex (the subpackage `gradtx.fused`): the core
+# never imports it, and without it the library is complete. Its names are
+# offered here when it is installed, and imported on first use.
+_ANNEX = ("FusedStep", "fused", "fused_step")
+_HAS_ANNEX = importlib.util.find_spec("gradtx.fused") is not None
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ANNEX and _HAS_ANNEX:
+        module = importlib.import_module("gradtx.fused")
+        return module if name == "fused" else getattr(module, name)
+    raise AttributeError(f"module 'gradtx' has no attribute {name!r}")
+
+
 __all__ = [
     "AccumulateGradientsState",
     "AddDecayedWeightsState",
     "AddL1PenaltyState",
     "ApplyIfFiniteState",
     "EmptyState",
-    "FusedStep",
     "GradientTransformation",
     "InjectHyperparamsState",
     "MaskedState",
@@ -127,8 +141,6 @@ __all__ = [
     "describe",
     "exponential_decay",
     "freeze",
-    "fused",
-    "fused_step",
     "global_norm",
     "identity",
     "inject_hyperparams",
@@ -163,3 +175,5 @@ __all__ = [
     "state_shardings",
     "warmup_cosine_decay_schedule",
 ]
+if _HAS_ANNEX:
+    __all__ += ["FusedStep", "fused", "fused_step"]

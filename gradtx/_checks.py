@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 
 def check_in_range(
@@ -55,7 +56,7 @@ def check_in_range(
             anything else that is not a real number or array.
         ValueError: If a real value lies outside the interval, or is NaN.
     """
-    if value is None or callable(value) or isinstance(value, jax.core.Tracer):
+    if value is None or callable(value) or isinstance(value, Tracer):
         return
     values = _real_values(fn, name, value)
     if values is None:

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from gradtx._pairs import is_transformation
 
@@ -74,7 +75,7 @@ def format_value(value: Any) -> str:
             return jnp.dtype(value).name  # numpy and jax.numpy scalar types
         except TypeError:
             return value.__name__ if isinstance(value, type) else repr(value)
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         return f"<traced {value.dtype}{list(value.shape)}>"
     if isinstance(value, jax.Array | np.ndarray | np.generic):
         if np.ndim(value) == 0:

@@ -370,7 +370,7 @@ def adamw(
 def adamw_multiplier(
     learning_rate: ArrayLike,
     *,
-    weight_decay: ArrayLike = 1e-4,
+    weight_decay: ScalarOrSchedule = 1e-4,
     schedule: ScalarOrSchedule = 1.0,
     mask: Mask = None,
     b1: ArrayLike = 0.9,
@@ -452,7 +452,7 @@ def adamw_multiplier(
 def adamw_independent(
     learning_rate: ScalarOrSchedule,
     *,
-    weight_decay: ArrayLike = 1e-4,
+    weight_decay: ScalarOrSchedule = 1e-4,
     mask: Mask = None,
     b1: ArrayLike = 0.9,
     b2: ArrayLike = 0.999,

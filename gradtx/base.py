@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
+from jax.core import Tracer
 
 from gradtx._checks import check_same_tree
 from gradtx._describing import recorded_call, render
@@ -29,7 +30,7 @@ ArrayLike = jax.typing.ArrayLike
 Params = Any  # a pytree of arrays
 Updates = Any  # a pytree of arrays with the structure of the params
 OptState = Any  # a pytree of arrays: NamedTuples, tuples, arrays
-Schedule = Callable[[jax.Array], jax.Array]
+Schedule = Callable[[jax.Array], ArrayLike]  # a scalar for each step count
 ScalarOrSchedule = float | jax.Array | Schedule
 
 
@@ -68,6 +69,8 @@ class GradientTransformation(_Pair):
             state)`. Keyword extras that a transformation does not use (for
             example `loss=`) are accepted and ignored.
         name: Name of the factory that built it, or None if built by hand.
+        factory: The factory function itself (`gradtx.scale_by_adam`), or
+            None: what code that inspects a chain compares against.
         children: Transformations it is made of, in order (for `chain`).
         hyperparams: The factory's keyword arguments, defaults included.
 
@@ -82,6 +85,7 @@ class GradientTransformation(_Pair):
     """
 
     name: str | None = None
+    factory: Callable[..., Any] | None = None
     children: tuple[Any, ...] = ()
     hyperparams: Mapping[str, Any] = {}
 
@@ -91,6 +95,7 @@ class GradientTransformation(_Pair):
         update: UpdateFn,
         *,
         name: str | None = None,
+        factory: Callable[..., Any] | None = None,
         children: tuple[Any, ...] = (),
         hyperparams: Mapping[str, Any] | None = None,
     ) -> GradientTransformation:
@@ -98,6 +103,7 @@ class GradientTransformation(_Pair):
         self = super().__new__(cls, init, update)
         if name is not None:
             self.name = name
+            self.factory = factory
             self.children = tuple(children)
             self.hyperparams = dict(hyperparams or {})
         return self
@@ -136,6 +142,7 @@ def described(factory: F) -> F:
             tx.init,
             tx.update,
             name=factory.__name__,
+            factory=build,
             children=children,
             hyperparams=hyperparams,
         )
@@ -288,7 +295,7 @@ def init_like(params: Params, dtype: Any = None, fill: ArrayLike = 0.0) -> Any:
     def leaf(p: Any) -> jax.Array:
         leaf_dtype = jnp.dtype(dtype or jnp.result_type(p))
         filled = jax.lax.full_like(p, fill, leaf_dtype)
-        if isinstance(p, jax.core.Tracer) and jnp.issubdtype(leaf_dtype, jnp.inexact):
+        if isinstance(p, Tracer) and jnp.issubdtype(leaf_dtype, jnp.inexact):
             filled = jnp.isfinite(p).astype(leaf_dtype) * 0 + filled
         return filled
 

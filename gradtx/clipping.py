@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+import functools
+import operator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from gradtx._checks import check_in_range
 from gradtx.base import (
@@ -19,21 +21,6 @@ from gradtx.base import (
     compute_dtype,
     described,
 )
-from gradtx.sharding import _sum_over_leaves
-
-
-class _NormKernels(NamedTuple):
-    """Stand-ins for two parts of the norm (`gradtx.fused_step`'s CPU kernels).
-
-    `rescaled(total, leaves, down, up) -> (root, scale)` replaces the
-    `lax.cond` of `_scaled_norm`; `concatenate(arrays)` replaces
-    `jnp.concatenate` where small leaves are joined for one reduction.
-    """
-
-    rescaled: Callable[
-        [jax.Array, list[jax.Array], float, float], tuple[jax.Array, jax.Array]
-    ]
-    concatenate: Callable[[list[jax.Array]], jax.Array]
 
 
 @described
@@ -117,69 +104,52 @@ def global_norm(tree: Updates) -> jax.Array:
     return root / scale
 
 
-def _scaled_norm(
-    tree: Updates, kernels: _NormKernels | None = None
-) -> tuple[jax.Array, jax.Array]:
+def _scaled_norm(tree: Updates) -> tuple[jax.Array, jax.Array]:
     """The global norm as `root / scale`, `scale` a power of two (1 usually).
 
-    `root` is the norm of the tree multiplied by `scale`, which is always a
-    finite number when the elements are, even where the norm itself is not.
-
-    `kernels`, when given, stand in for two parts that take XLA seconds to
-    compile on thousands of leaves. `kernels.rescaled(total, leaves, down,
-    up)` replaces the `lax.cond` below: it must return the `(root, scale)`
-    of the out-of-range case (scale `down` when `total` is inf, `up`
-    otherwise) and may return anything when `total` is in range, where
-    `sqrt(total)` is taken as always. `kernels.concatenate` joins the small
-    leaves for their reductions (the same bytes, so the same sum).
+    The squares are summed once. Only when that sum overflowed or fell below
+    the smallest normal number are they summed again, under `lax.cond`, from
+    the elements multiplied by a power of two `c` (exact) that brings every
+    square back into range: `root = sqrt(sum |c*x|**2)` and `scale = c`.
+    `root` is finite whenever the elements are, even where the norm is not.
     """
-    leaves = jax.tree.leaves(tree)
+    leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
     dtype = compute_dtype(*leaves)
     info = jnp.finfo(dtype)
-    real = info.dtype  # the norm of a complex tree is real
-    one = jnp.ones([], real)
+    real, one = info.dtype, jnp.ones([], info.dtype)  # a complex tree's norm is real
     if not leaves:
         return jnp.zeros([], real), one
 
-    def plain(x: jax.Array) -> jax.Array:
-        return jnp.sum(abs_sq(x.astype(compute_dtype(x)))).astype(real)
+    def sum_of_squares(c: jax.Array | None = None) -> jax.Array:
+        def leaf_sum(x: jax.Array) -> jax.Array:
+            if c is not None:
+                # Each leaf takes c through a barrier of its own: a c shared by
+                # the leaves of one shape becomes a broadcast that XLA:CPU keeps
+                # in scratch, a leaf of memory per shape for a rare branch.
+                x, c_x = jax.lax.optimization_barrier((x, c))
+                x = x.astype(dtype) * c_x
+            return jnp.sum(abs_sq(x.astype(dtype))).astype(real)
 
-    concatenate = jnp.concatenate if kernels is None else kernels.concatenate
-    total = _sum_over_leaves(plain, leaves, concatenate)
-    # Powers of two that bring the squares back into range: down when the
-    # sum overflowed (every |c*x|**2 is then finite unless the norm is not),
-    # up when it underflowed (every |x| is then below 2**(minexp/2)).
+        return _sum_over_leaves(leaf_sum, leaves)
+
+    # Overflow: scaled down, every |c*x|**2 is finite unless the norm is not.
+    # Underflow: every |x| is below 2**(minexp/2), and scaled up it is normal.
     down = 2.0 ** -(info.maxexp // 2 + 1)
     up = 2.0 ** (-info.minexp // 2 + info.nmant)
 
     def rescaled(total: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = jnp.where(total == jnp.inf, down, up).astype(real)
-
-        def scaled(x: jax.Array) -> jax.Array:
-            # Each leaf takes c through its own barrier: a c shared by the
-            # leaves of one shape becomes one broadcast that XLA:CPU
-            # materialises (a leaf of scratch per shape) instead of fusing.
-            x, c_x = jax.lax.optimization_barrier((x, c))
-            return jnp.sum(abs_sq(x.astype(dtype) * c_x))
-
-        return jnp.sqrt(_sum_over_leaves(scaled, leaves)), c
+        return jnp.sqrt(sum_of_squares(c)), c
 
     def in_range(total: jax.Array) -> tuple[jax.Array, jax.Array]:
         return jnp.sqrt(total), one
 
-    out_of_range = (total == jnp.inf) | (total < info.tiny)
-    if kernels is not None:
-        root, scale = kernels.rescaled(total, leaves, down, up)
-        return (
-            jnp.where(out_of_range, root, jnp.sqrt(total)),
-            jnp.where(out_of_range, scale, one),
-        )
+    total = sum_of_squares()
+    out_of_range = (total == jnp.inf) | (total < info.tiny)  # NaN: in range
     return jax.lax.cond(out_of_range, rescaled, in_range, total)
 
 
-def clip_factors(
-    updates: Updates, max_norm: ArrayLike, kernels: _NormKernels | None = None
-) -> tuple[jax.Array, jax.Array]:
+def clip_factors(updates: Updates, max_norm: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """The two factors `clip_by_global_norm` multiplies each leaf by, in order.
 
     The clipped gradient is `(g * rescale) * ratio`. With `norm = root /
@@ -189,10 +159,9 @@ def clip_factors(
     zero on CPU). scale is a power of two, so g * scale is exact, and it is 1
     in the common case. No branch divides by zero: a zero norm would give 0/0
     (for a zero bound) and a NaN gradient. Both factors are 1 when the norm is
-    within the bound. `gradtx.fused_step` uses the same two factors, with
-    its CPU `kernels` (see `_scaled_norm`).
+    within the bound.
     """
-    root, scale = _scaled_norm(updates, kernels)
+    root, scale = _scaled_norm(updates)
     # Written as "not within" so that a NaN norm counts as over the bound:
     # its ratio is then NaN and every leaf becomes NaN, as in optax and
     # torch, instead of passing the other leaves through unclipped.
@@ -200,6 +169,101 @@ def clip_factors(
     ratio = jnp.where(over, max_norm / jnp.where(over, root, 1.0), 1.0)
     rescale = jnp.where(over, scale, 1.0)
     return rescale, ratio
+
+
+# ----------------------------------------------------------------------------
+# summing over the leaves of a tree
+
+# Leaves with at most this many elements are summed together, in pieces of
+# at most `_PIECE` elements.
+_SMALL_LEAF = 1 << 14
+_PIECE = 1 << 15
+
+
+def _sum_over_leaves(leaf_sum: Any, leaves: list[jax.Array]) -> jax.Array:
+    """`sum(leaf_sum(x) for x in leaves)`, for one or more leaves.
+
+    `leaf_sum` maps an array to a scalar that adds up over pieces of it and
+    counts a zero element as nothing (a sum of squares). When every leaf's
+    type carries a `NamedSharding` of one mesh whose axes are all explicit,
+    each device adds up its own shards (a leaf replicated over an axis the
+    others are split on counts on that axis's first device only) and one
+    `psum` adds the devices' totals: a single all-reduce of one scalar.
+    Otherwise the leaves are summed by `_grouped_sum`, whose order depends on
+    the leaves only, never on the number of devices in the process.
+    """
+    shardings = [jax.typeof(x).sharding for x in leaves]
+    mesh = shardings[0].mesh
+    explicit = (
+        not mesh.empty
+        and all(t == AxisType.Explicit for t in mesh.axis_types)
+        and all(isinstance(s, NamedSharding) and s.mesh == mesh for s in shardings)
+    )
+    split = [set(_axes(s.spec)) for s in shardings] if explicit else []
+    axes = tuple(a for a in mesh.axis_names if any(a in u for u in split))
+    if not axes:
+        return _grouped_sum(leaf_sum, leaves)
+
+    def local(*shards: jax.Array) -> jax.Array:
+        totals = []
+        for x, used in zip(shards, split, strict=True):
+            total = leaf_sum(x)
+            for axis in axes:
+                if axis not in used:  # x is whole on every device of this axis
+                    first = jax.lax.axis_index(axis) == 0
+                    total = jnp.where(first, total, jnp.zeros_like(total))
+            totals.append(total)
+        return jax.lax.psum(functools.reduce(operator.add, totals), axes)
+
+    specs = tuple(s.spec for s in shardings)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec())(
+        *leaves
+    )
+
+
+def _grouped_sum(leaf_sum: Any, leaves: list[jax.Array]) -> jax.Array:
+    """`sum(leaf_sum(x) for x in leaves)`, the small leaves stacked first.
+
+    Thousands of small reductions feeding one scalar take XLA superlinear time
+    to compile, so small leaves of one dtype and shape are stacked into pieces
+    of at most `_PIECE` elements, each summed in one reduction. Stacking keeps
+    each leaf's sharding on its own axes (joining raveled leaves of other
+    shapes would make the devices gather each other's shards). Each piece
+    adds to its first leaf a zero computed from the previous piece's sum, so
+    it is copied only once that sum is taken: the pieces take turns in one
+    buffer of scratch instead of holding a copy of every small leaf at once.
+    Large leaves are summed one by one, read once.
+    """
+    parts, groups = [], {}
+    for x in leaves:
+        if x.size > _SMALL_LEAF:
+            parts.append(leaf_sum(x))
+            continue
+        pieces = groups.setdefault((jnp.result_type(x), x.shape), [])
+        if not pieces or (len(pieces[-1]) + 1) * x.size > _PIECE:
+            pieces.append([])
+        pieces[-1].append(x)
+    previous = None
+    for piece in (piece for pieces in groups.values() for piece in pieces):
+        if previous is not None:
+            # min(|s|, 0) is 0, or NaN when s is (the total is NaN then
+            # anyway); XLA cannot fold it, so the copy waits for s.
+            zero = jnp.minimum(jnp.abs(previous), 0).astype(piece[0].dtype)
+            piece = [piece[0] + zero, *piece[1:]]
+        previous = leaf_sum(piece[0] if len(piece) == 1 else jnp.stack(piece))
+        parts.append(previous)
+    return functools.reduce(operator.add, parts)
+
+
+def _axes(spec: PartitionSpec) -> list[str]:
+    """The mesh axes a partition spec splits an array over."""
+    names = []
+    for entry in spec:
+        if isinstance(entry, str):
+            names.append(entry)
+        elif isinstance(entry, tuple | list):
+            names.extend(entry)
+    return names
 
 
 @described

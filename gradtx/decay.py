@@ -80,7 +80,7 @@ def _add_param_term(
     ) -> tuple[Updates, OptState]:
         require_params(fn, params)
         check_same_tree(fn, "updates", updates, "params", params)
-        if scheduled:
+        if callable(coefficient):
             c = jnp.asarray(coefficient(state.count))
             state = state_type(count=safe_increment(state.count))
         else:

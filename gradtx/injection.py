@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from gradtx._checks import check_in_range
 from gradtx._pairs import accepting_extras
@@ -26,10 +27,15 @@ from gradtx.base import (
     OptState,
     Params,
     Updates,
+    chain,
     compute_dtype,
     described,
     safe_increment,
 )
+from gradtx.scaling import scale_by_learning_rate
+
+# The attribute of an injected transformation that checks new values.
+_VALIDATE = "validate_hyperparams"
 
 # A parameter whose annotation mentions one of these takes numbers (and so
 # schedules); other callables (masks, label functions) are passed unchanged.
@@ -249,7 +255,7 @@ def inject_hyperparams(
             return updates, new_state
 
         tx = GradientTransformation(init, update, name=fn, hyperparams=kwargs)
-        tx.validate_hyperparams = validate  # read by set_hyperparams(tx=...)
+        setattr(tx, _VALIDATE, validate)  # read by set_hyperparams(tx=...)
         return tx
 
     return build
@@ -258,7 +264,7 @@ def inject_hyperparams(
 def _check_types(fn: str, values: dict[str, Any]) -> None:
     """Refuse what no numeric hyperparameter can be: bools, strings, complex."""
     for name, value in values.items():
-        if isinstance(value, jax.core.Tracer):
+        if isinstance(value, Tracer):
             continue
         dtype = getattr(value, "dtype", None)
         if isinstance(value, bool | np.bool_ | str | bytes) or (
@@ -281,7 +287,7 @@ def _check_types(fn: str, values: dict[str, Any]) -> None:
 
 def _as_stored(value: Any, dtype: Any) -> Any:
     """`value` rounded to the stored dtype, concrete where it can be."""
-    if isinstance(value, jax.core.Tracer) or (
+    if isinstance(value, Tracer) or (
         isinstance(value, jax.Array) and not value.is_fully_addressable
     ):
         return value
@@ -291,7 +297,7 @@ def _as_stored(value: Any, dtype: Any) -> Any:
 def _injected_links(tx: Any) -> list[GradientTransformation]:
     """Every transformation built by `inject_hyperparams` inside `tx`."""
     found = []
-    if hasattr(tx, "validate_hyperparams"):
+    if hasattr(tx, _VALIDATE):
         found.append(tx)
     inner = list(getattr(tx, "children", ()))
     for value in getattr(tx, "hyperparams", {}).values():
@@ -350,7 +356,7 @@ def set_hyperparams(
     _check_types(fn, values)
     if tx is None:
         for name, value in values.items():
-            if not isinstance(value, jax.core.Tracer):
+            if not isinstance(value, Tracer):
                 finite = np.isfinite(np.asarray(value, np.float64))
                 if not np.all(finite):
                     raise ValueError(
@@ -361,7 +367,7 @@ def set_hyperparams(
         for link in _injected_links(tx):
             mine = {k: v for k, v in values.items() if k in link.hyperparams}
             if mine:
-                link.validate_hyperparams(mine)
+                getattr(link, _VALIDATE)(mine)
     seen: set[str] = set()
 
     def is_injected(node: Any) -> bool:
@@ -550,27 +556,27 @@ def reduce_on_plateau(
 
 def _learning_rate_parts(tx: Any, state: Any) -> tuple[jax.Array | None, jax.Array]:
     """The learning rate in `tx` (or None) and the plateau scales around it."""
-    name = getattr(tx, "name", None)
+    factory = getattr(tx, "factory", None)
     one = jnp.ones([], jnp.float32)
-    if name == "chain":
+    if factory is chain:
         lr, scale = None, one
         for child, child_state in zip(tx.children, state, strict=True):
             child_lr, child_scale = _learning_rate_parts(child, child_state)
             lr = child_lr if lr is None else lr
             scale = scale * child_scale
         return lr, scale
-    if name == "scale_by_learning_rate":
+    if factory is scale_by_learning_rate:
         value = tx.hyperparams["learning_rate"]
         if callable(value):
             value = value(jnp.maximum(state.count - 1, 0))
         return jnp.asarray(value, jnp.float32), one
-    if name == "reduce_on_plateau":
+    if factory is reduce_on_plateau:
         return None, state.scale
     if isinstance(state, InjectHyperparamsState):
         if "learning_rate" in state.hyperparams:
             return jnp.asarray(state.hyperparams["learning_rate"]), one
         return None, one
-    inner = tx.hyperparams.get("inner") if name else None
+    inner = tx.hyperparams.get("inner") if factory else None
     if inner is not None and hasattr(state, "inner_state"):
         return _learning_rate_parts(inner, state.inner_state)
     return None, one

@@ -38,7 +38,7 @@ def _scalar_dtype(tree: Any) -> jnp.dtype:
     return compute_dtype(*jax.tree.leaves(tree))
 
 
-def _adam_factors(
+def adam_factors(
     b1: ArrayLike, b2: ArrayLike, nesterov: bool, t: jax.Array, dtype: Any
 ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
     """What Adam multiplies by in place of dividing by its bias corrections.
@@ -46,8 +46,8 @@ def _adam_factors(
     Returns `(m_factor, g_factor, v_factor)` in `dtype` for step `t`:
     `m_hat = m * m_factor` (plus `g * g_factor` with Nesterov; None
     otherwise) and `v_hat = v * v_factor`. Each correction is cast to `dtype`
-    before its reciprocal is taken. `scale_by_adam` and `gradtx.fused_step`
-    both use these, so the two steps multiply by the same scalars.
+    before its reciprocal is taken. Code that runs Adam's step another way
+    takes these, so that it multiplies by the same scalars.
     """
     inv_c1 = 1 / bias_correction(b1, t).astype(dtype)
     inv_c2 = 1 / bias_correction(b2, t).astype(dtype)
@@ -187,10 +187,9 @@ def scale_by_schedule(schedule: Schedule | ArrayLike) -> GradientTransformation:
                 f"or a number, got {type(schedule).__name__}"
             ) from error
 
-        def schedule(count):
-            del count
-            return constant
-
+        return _scale_by_step_function(
+            lambda count: constant, 1.0, ScaleByScheduleState
+        )
     return _scale_by_step_function(schedule, 1.0, ScaleByScheduleState)
 
 
@@ -728,13 +727,11 @@ def scale_by_adam(
         count = safe_increment(state.count)
         t = count.astype(_scalar_dtype(updates))
         # Dividing by a bias correction is multiplying by its reciprocal,
-        # taken once per step and leaf dtype. Left to XLA's algebraic
-        # simplifier, `m / c` stayed a division with jax 0.9.2, and with 0.10.2
-        # became `m * (1 / c)` on a one-leaf tree but `m / (c * d)` on larger
-        # ones; written out, the numbers do not depend on it, and the fused
-        # step (gradtx/fused.py) takes the same factors.
+        # taken once per step and leaf dtype: written out, a leaf's update
+        # does not depend on how XLA's simplifier would rewrite `m / c`,
+        # which differs with the size of the tree.
         factors = functools.cache(
-            lambda dtype: _adam_factors(b1, b2, nesterov, t, dtype)
+            lambda dtype: adam_factors(b1, b2, nesterov, t, dtype)
         )
         updates, mu, nu = map_leaves(
             functools.partial(leaf, factors=factors),

@@ -24,18 +24,18 @@ from gradtx.base import ArrayLike, Schedule
 class _NamedSchedule:
     """A schedule function that remembers the call that built it."""
 
-    def __init__(self, fn: Callable[[jax.Array], jax.Array], text: str):
+    def __init__(self, fn: Schedule, text: str):
         self._fn = fn
         self._text = text
 
     def __call__(self, count: ArrayLike) -> jax.Array:
-        return self._fn(jnp.asarray(count))
+        return jnp.asarray(self._fn(jnp.asarray(count)))
 
     def __repr__(self) -> str:
         return self._text
 
 
-def _named(factory: Callable[..., Callable[[jax.Array], jax.Array]]):
+def _named(factory: Callable[..., Schedule]):
     """Wrap a schedule factory so that its schedules print as its call."""
     signature = inspect.signature(factory)
 
@@ -707,9 +707,9 @@ def join_schedules(
             raise ValueError(
                 f"{fn}: boundaries must be strictly increasing, got {boundaries}"
             )
-    for i, schedule in enumerate(schedules):
-        if not callable(schedule):
-            raise TypeError(f"{fn}: schedules[{i}] is not callable: {schedule!r}")
+    for i, piece in enumerate(schedules):
+        if not callable(piece):
+            raise TypeError(f"{fn}: schedules[{i}] is not callable: {piece!r}")
 
     def schedule(count):
         count = jnp.asarray(count)

@@ -1,4 +1,4 @@
-"""Float64 NumPy references, written from the equations in DESIGN.md.
+"""Float64 NumPy references, written from the equations in the docstrings.
 
 Each reference is a pair `(init, update)` acting on dicts of float64 NumPy
 arrays, with the same calling convention as a gradtx transformation, so the

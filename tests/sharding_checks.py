@@ -11,6 +11,7 @@ Nothing runs on import (pytest imports every module for its doctests).
 
 import collections
 import functools
+import hashlib
 import json
 import os
 import re
@@ -344,6 +345,37 @@ def check_checkpoint(axis_type, mesh, specs, tx):
     return {"axis_types": axis_type.name, "problems": problems}
 
 
+def unsharded_fingerprint():
+    """Hashes of the norm and of clipped steps on arrays of one device.
+
+    Many small leaves of several shapes and a few large ones, so that the
+    norm stacks and sums pieces. The same arrays must give the same bits
+    whatever the number of devices in the process: the pytest process (one
+    device) computes this too and compares.
+    """
+    rng = np.random.default_rng(7)
+    shapes = [(64,)] * 120 + [(3, 50)] * 20 + [(8,)] * 10 + [(200, 100)] * 2
+    params = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+    tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-2))
+
+    @jax.jit
+    def run(params):
+        state = tx.init(params)
+        norms = []
+        for k in range(2):
+            grads = [p * (k + 1) - 0.5 for p in params]
+            norms.append(gradtx.global_norm(grads))
+            updates, state = tx.update(grads, state, params)
+            params = gradtx.apply_updates(params, updates)
+        return norms, params, state
+
+    leaves = jax.tree.leaves(run(params))
+    digest = hashlib.sha256()
+    for leaf in leaves:
+        digest.update(np.asarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
 def main():
     start = time.perf_counter()
     if jax.device_count() != 8:
@@ -351,6 +383,7 @@ def main():
         return 1
     report = {
         "devices": jax.device_count(),
+        "unsharded_fingerprint": unsharded_fingerprint(),
         "placement": [],
         "placement_programs": [],
         "steps": [],

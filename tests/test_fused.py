@@ -1,17 +1,38 @@
 """gradtx.fused_step: the one-pass CPU kernel against the plain step.
 
 The plain step (`tx.update`, then `apply_updates`) is what the fused step
-means. With float32 moments the two agree bit for bit, parameters and state,
-on one leaf and on trees of many leaves (scale_by_adam writes its bias
-corrections as reciprocals, so XLA has no division to fold one way in one
-tree and another way in the next); the Adam parameters are also checked
-against a float64 evaluation of the same step. Moments kept in bfloat16 are
-held to the plain step's value or its bfloat16 neighbour (see below).
+means. The two are not held to the same bits: which multiply-adds XLA:CPU
+contracts, and how, depends on the instruction set it compiles for
+(`XLA_FLAGS=--xla_cpu_max_isa=AVX` has no fused multiply-add at all), on
+the chain and on the jax version. What is held, on every CPU, is a bound
+(docs/fused.md, "Same numbers"): after one step from the same params, state
+and gradients, every parameter and every float32 moment of the fused step
+is within `ULPS` float32 epsilons of the plain step's, and both are within
+`ULPS` of the step evaluated in float64, each epsilon taken at the size of
+the terms the value is a rounding of (`_reference_step`). Over 120 steps
+both trajectories stay within `TRAJECTORY_EPS` epsilons of the float64 one
+(relative to each leaf's largest value). A moment kept in bfloat16 may be
+one bfloat16 place further.
+
+What is exact is checked exactly: counts, the decay mask, flat moments
+against per-leaf ones (the same kernel code on the same scalars), the
+fallback (the plain step itself). Which chains run the kernel is read from
+the factories that built them (`gradtx/fused/_plan.py`), and each reader is
+held to its factory's signature here.
+
+Tests that need the kernel are marked `needs_kernel`; the others run on a
+machine without a C++ compiler too, where the fused step is the plain one.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,13 +40,29 @@ import numpy as np
 import pytest
 
 import gradtx
-from gradtx import fused as fused_module
+import gradtx.fused
+from gradtx.fused import _build, _call, _plan, _step
 from tests import references as refs
 
 EPS32 = float(np.finfo(np.float32).eps)
+TINY32 = float(np.finfo(np.float32).tiny)
+EPS_BF16 = 2.0**-7  # the spacing of bfloat16 numbers at 1
 
-pytestmark = pytest.mark.skipif(
-    fused_module._compiler() is None, reason="no C++ compiler to build the kernel"
+# The bounds gradtx promises (docs/fused.md, "Same numbers"): a factor of
+# about two over the largest distances seen under XLA's default, AVX2 and
+# AVX code generation, with and without x64, so that code generation not
+# tried here (AVX-512, other CPUs) fits too.
+ULPS = 8
+TRAJECTORY_EPS = 32
+
+with warnings.catch_warnings():
+    # Without a compiler the first use warns why; the tests that expect it
+    # (test_without_a_compiler_the_plain_step_runs) load afresh.
+    warnings.simplefilter("ignore")
+    KERNEL = gradtx.fused.kernel_available()
+
+needs_kernel = pytest.mark.skipif(
+    not KERNEL, reason="the CPU kernel is not available here (no C++ compiler?)"
 )
 
 
@@ -37,6 +74,7 @@ ADAM_CHAINS = {
     "adam": lambda: gradtx.adam(1e-2),
     "adam_nesterov": lambda: gradtx.adam(1e-2, nesterov=True),
     "adam_eps_root": lambda: gradtx.adam(1e-2, eps_root=1e-10),
+    "adam_eps0": lambda: gradtx.adam(1e-2, eps=0.0),
     "adamw": lambda: gradtx.adamw(1e-2, weight_decay=0.1),
     "adamw_mask_schedules": lambda: gradtx.adamw(
         gradtx.warmup_cosine_decay_schedule(0.0, 1e-2, 3, 20),
@@ -46,6 +84,14 @@ ADAM_CHAINS = {
     "adam_l2": lambda: gradtx.adam_l2(1e-2, weight_decay=0.1),
     "clip_adamw": lambda: gradtx.chain(
         gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-2, weight_decay=0.1)
+    ),
+    "clip_adam_l2": lambda: gradtx.chain(
+        gradtx.clip_by_global_norm(1.0), gradtx.adam_l2(1e-2, weight_decay=0.1)
+    ),
+    "clip_l2_nesterov": lambda: gradtx.chain(
+        gradtx.clip_by_global_norm(1.0),
+        gradtx.add_decayed_weights(0.1),
+        gradtx.adam(1e-2, nesterov=True),
     ),
 }
 SGD_CHAINS = {
@@ -58,21 +104,63 @@ SGD_CHAINS = {
     "clip_momentum": lambda: gradtx.chain(
         gradtx.clip_by_global_norm(0.5), gradtx.sgd(0.1, momentum=0.9)
     ),
+    "clip_sgd_l2": lambda: gradtx.chain(
+        gradtx.clip_by_global_norm(0.5),
+        gradtx.sgd_l2(0.1, momentum=0.9, weight_decay=0.01),
+    ),
 }
 CHAINS = {**ADAM_CHAINS, **SGD_CHAINS}
+
+BF16 = jnp.bfloat16
+
+
+def _momentum_chain(*front, **momentum):
+    return gradtx.chain(
+        *front,
+        gradtx.scale_by_momentum(0.9, accumulator_dtype=BF16, **momentum),
+        gradtx.scale_by_learning_rate(0.1),
+    )
+
+
+BF16_CHAINS = {
+    "adam_mu": lambda: gradtx.adam(1e-2, mu_dtype=BF16),
+    "adam_nu": lambda: gradtx.adam(1e-2, nu_dtype=BF16),
+    "adam_both": lambda: gradtx.adam(1e-2, mu_dtype=BF16, nu_dtype=BF16),
+    "adam_nesterov": lambda: gradtx.adam(
+        1e-2, nesterov=True, mu_dtype=BF16, nu_dtype=BF16
+    ),
+    "adam_eps_root": lambda: gradtx.adam(1e-2, eps_root=1e-10, mu_dtype=BF16),
+    "adamw": lambda: gradtx.adamw(1e-2, weight_decay=0.1, mu_dtype=BF16, nu_dtype=BF16),
+    "adam_l2": lambda: gradtx.adam_l2(1e-2, weight_decay=0.1, mu_dtype=BF16),
+    "clip_adamw": lambda: gradtx.chain(
+        gradtx.clip_by_global_norm(1.0),
+        gradtx.adamw(1e-2, weight_decay=0.1, mu_dtype=BF16),
+    ),
+    "momentum": lambda: _momentum_chain(),
+    "nesterov_dampening": lambda: _momentum_chain(nesterov=True, dampening=0.3),
+    "clip_l2_momentum": lambda: _momentum_chain(
+        gradtx.clip_by_global_norm(0.5),
+        gradtx.add_decayed_weights(0.01),
+        nesterov=True,
+        dampening=0.3,
+    ),
+}
 
 
 def _tree(shapes, seed=0, scale=1.0):
     key = jax.random.PRNGKey(seed)
     return {
-        f"leaf{i:03d}": scale * jax.random.normal(jax.random.fold_in(key, i), s)
+        f"leaf{i:03d}": scale
+        * jax.random.normal(jax.random.fold_in(key, i), s, jnp.float32)
         for i, s in enumerate(shapes)
     }
 
 
-# A matrix, vectors, a scalar, an empty leaf, and more leaves than one kernel
-# call takes (`_GROUP`), so that the step spans several calls.
-MANY = [(4, 3), (5,), (), (0,), (70_000,), (17, 33)] + [(7,)] * 40
+# A matrix, vectors, a scalar, an empty leaf and a leaf of several kernel
+# chunks (so several threads); MANY adds small leaves past what one kernel
+# call takes (`_call.GROUP`), so that the step spans several calls.
+FEW = [(4, 3), (5,), (), (0,), (70_000,), (17, 33)]
+MANY = FEW + [(7,)] * 28
 
 
 def _grads(shapes, step):
@@ -99,8 +187,196 @@ def _assert_identical(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _assert_near(a, b, n_eps):
+    """Leaf by leaf within n_eps float32 epsilons of the leaf's largest value."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if np.issubdtype(x.dtype, np.integer) or x.size == 0:
+            np.testing.assert_array_equal(x, y)
+            continue
+        size = float(np.max(np.abs(y)))
+        np.testing.assert_allclose(x, y, rtol=0, atol=n_eps * EPS32 * size + TINY32)
+
+
 def _custom_calls(step, *args) -> int:
     return jax.jit(step).lower(*args).as_text().count("gradtx_fused")
+
+
+# ----------------------------------------------------------------------------
+# the float64 step and the size of its terms
+
+
+def _links(tx, state):
+    """(factory, hyperparams, state) of each link of a (nested) chain, in order."""
+    if tx.factory is gradtx.chain:
+        return [
+            link
+            for child, s in zip(tx.children, state, strict=True)
+            for link in _links(child, s)
+        ]
+    return [(tx.factory, tx.hyperparams, state)]
+
+
+def _at(value, t):
+    """A hyperparameter (a number or a schedule) at step t = 1, 2, ..."""
+    return float(value(t - 1)) if callable(value) else float(value)
+
+
+def _f64(tree):
+    return {k: np.asarray(x, np.float64) for k, x in tree.items()}
+
+
+def _reference_step(tx, params, state, grads, t):
+    """Step t of a kernel chain in float64 from the same inputs, with its scale.
+
+    Returns `(params, moments)`: `params[k]` is `(value, size)` and
+    `moments` the new moment trees in the order of the state (Adam's mu and
+    nu, the momentum's velocity), each leaf a `(value, size)` too. The size
+    of a value is what it would be with every term taken in absolute value
+    (|p| + lr * |u|', with |u|' built from |g|, |decay * p|, |m|, ...), and
+    for Adam's quotient also its sensitivity to the terms of the second
+    moment: a float32 evaluation of the step is a few epsilons of that size
+    away from the value, wherever the terms cancel.
+    """
+    p = _f64(params)
+    u = _f64(grads)
+    a = {k: np.abs(x) for k, x in u.items()}
+    moments = []
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for factory, hp, s in _links(tx, state):
+            if factory is gradtx.clip_by_global_norm:
+                norm = np.sqrt(sum(np.sum(x * x) for x in u.values()))
+                bound = float(hp["max_norm"])
+                c = 1.0 if norm <= bound else bound / norm  # NaN norm: NaN
+                u = {k: c * x for k, x in u.items()}
+                a = {k: c * x for k, x in a.items()}
+            elif factory is gradtx.add_decayed_weights:
+                rate = _at(hp["weight_decay"], t)
+                mask = hp["mask"]
+                mask = mask(params) if callable(mask) else mask
+                for k in u:
+                    if mask is None or mask[k]:
+                        u[k] = u[k] + rate * p[k]
+                        a[k] = a[k] + np.abs(rate * p[k])
+            elif factory is gradtx.scale_by_adam:
+                b1, b2 = float(hp["b1"]), float(hp["b2"])
+                eps, eps_root = float(hp["eps"]), float(hp["eps_root"])
+                c1, c2 = 1 - b1**t, 1 - b2**t
+                mu, nu = _f64(s.mu), _f64(s.nu)
+                new_mu, new_nu = {}, {}
+                for k in u:
+                    m = b1 * mu[k] + (1 - b1) * u[k]
+                    m_size = b1 * np.abs(mu[k]) + (1 - b1) * a[k]
+                    v = b2 * nu[k] + (1 - b2) * u[k] ** 2
+                    v_size = b2 * nu[k] + (1 - b2) * a[k] ** 2
+                    if hp["nesterov"]:
+                        c1_next = 1 - b1 ** (t + 1)
+                        m_hat = b1 * m / c1_next + (1 - b1) * u[k] / c1
+                        m_hat_size = b1 * m_size / c1_next + (1 - b1) * a[k] / c1
+                    else:
+                        m_hat, m_hat_size = m / c1, m_size / c1
+                    under = v / c2 + eps_root
+                    out = m_hat / (np.sqrt(under) + eps)
+                    # an error e * v_size in v moves the root by e * v_size / 2v
+                    shift = np.where(
+                        v_size > 0, np.abs(out) * (v_size / c2) / (2 * under), 0.0
+                    )
+                    u[k], a[k] = out, m_hat_size / (np.sqrt(under) + eps) + shift
+                    new_mu[k], new_nu[k] = (m, m_size), (v, v_size)
+                moments += [new_mu, new_nu]
+            elif factory is gradtx.scale_by_momentum:
+                decay, undamped = float(hp["decay"]), 1 - float(hp["dampening"])
+                velocity = _f64(s.velocity)
+                new = {}
+                for k in u:
+                    v = decay * velocity[k] + undamped * u[k]
+                    v_size = decay * np.abs(velocity[k]) + undamped * a[k]
+                    new[k] = (v, v_size)
+                    if hp["nesterov"]:
+                        u[k], a[k] = u[k] + decay * v, a[k] + decay * v_size
+                    else:
+                        u[k], a[k] = v, v_size
+                moments.append(new)
+            elif factory is gradtx.scale_by_learning_rate:
+                rate = _at(hp["learning_rate"], t)
+                u = {k: -rate * x for k, x in u.items()}
+                a = {k: rate * x for k, x in a.items()}
+            else:
+                raise AssertionError(f"no reference for {factory.__name__}")
+    return {k: (p[k] + u[k], np.abs(p[k]) + a[k]) for k in p}, moments
+
+
+def _moment_trees(tx, state):
+    """The moment trees of a chain's state, in the order of `_reference_step`."""
+    trees = []
+    for factory, _, s in _links(tx, state):
+        if factory is gradtx.scale_by_adam:
+            trees += [s.mu, s.nu]
+        elif factory is gradtx.scale_by_momentum:
+            trees.append(s.velocity)
+    return trees
+
+
+def _assert_within(what, got, want, size, n):
+    """|got - want| <= n float32 epsilons of `size` (one bfloat16 place more
+    for a bfloat16 `got`); NaN only where `want` is NaN."""
+    got64 = np.asarray(got, np.float64)
+    want64 = np.asarray(want, np.float64)
+    allowed = n * EPS32 * size + TINY32
+    if np.asarray(got).dtype == BF16:
+        allowed = allowed + EPS_BF16 * np.maximum(np.abs(got64), np.abs(want64))
+    error = np.abs(got64 - want64)
+    ok = (error <= allowed) | (got64 == want64) | (np.isnan(got64) & np.isnan(want64))
+    if not np.all(ok):
+        worst = float(np.max(np.where(ok, 0.0, error / (EPS32 * size + TINY32))))
+        raise AssertionError(
+            f"{what}: {int(np.sum(~ok))} of {ok.size} elements beyond {n} "
+            f"epsilons of their terms (worst {worst:.2f})"
+        )
+
+
+def _check_step(tx, fused, plain, params, state, grads, t):
+    """Step t fused and plain from the same inputs, both held to the bounds.
+
+    Returns the plain step's params and state, to go on from.
+    """
+    p_fused, s_fused = fused(params, state, grads)
+    p_plain, s_plain = plain(params, state, grads)
+    want, moments = _reference_step(tx, params, state, grads, t)
+    for k, (value, size) in want.items():
+        _assert_within(f"step {t} {k}: fused/plain", p_fused[k], p_plain[k], size, ULPS)
+        _assert_within(f"step {t} {k}: fused/float64", p_fused[k], value, size, ULPS)
+        _assert_within(f"step {t} {k}: plain/float64", p_plain[k], value, size, ULPS)
+    trees = zip(
+        _moment_trees(tx, s_fused), _moment_trees(tx, s_plain), moments, strict=True
+    )
+    for j, (m_fused, m_plain, m_want) in enumerate(trees):
+        for k, (value, size) in m_want.items():
+            assert m_fused[k].dtype == m_plain[k].dtype
+            what = f"step {t} moment {j} {k}"
+            _assert_within(f"{what}: fused/plain", m_fused[k], m_plain[k], size, ULPS)
+            _assert_within(f"{what}: fused/float64", m_fused[k], value, size, ULPS)
+            _assert_within(f"{what}: plain/float64", m_plain[k], value, size, ULPS)
+    # counts are exact
+    assert jax.tree.structure(s_fused) == jax.tree.structure(s_plain)
+    for x, y in zip(jax.tree.leaves(s_fused), jax.tree.leaves(s_plain), strict=True):
+        if jnp.issubdtype(x.dtype, jnp.integer):
+            np.testing.assert_array_equal(x, y)
+    return p_plain, s_plain
+
+
+def _check_steps(tx, shapes, steps):
+    """`steps` steps of `tx` on a tree of `shapes`, each held to the bounds."""
+    step = gradtx.fused_step(tx)
+    fused, plain = jax.jit(step), jax.jit(step.plain)
+    params = _tree(shapes)
+    state = tx.init(params)
+    for t in range(1, steps + 1):
+        params, state = _check_step(
+            tx, fused, plain, params, state, _grads(shapes, t), t
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -108,7 +384,12 @@ def _custom_calls(step, *args) -> int:
 
 
 def test_kernel_builds():
-    assert fused_module.kernel_available()
+    if _build.compiler() is None:
+        pytest.skip("no C++ compiler to build the kernel")
+    assert KERNEL
+    library = Path(_build.load())
+    assert library.parent == _build.cache_dir()
+    assert _build.verified(library)
 
 
 @pytest.mark.parametrize("name", sorted(CHAINS))
@@ -117,7 +398,8 @@ def test_known_chains_are_fused(name):
     assert step.fused and step.reason is None
     params = _tree([(3,)])
     state = step.tx.init(params)
-    assert _custom_calls(step, params, state, params) == 1
+    # one kernel call where the kernel is built; the plain step where not
+    assert _custom_calls(step, params, state, params) == (1 if KERNEL else 0)
 
 
 @pytest.mark.parametrize(
@@ -149,135 +431,200 @@ def test_a_nested_chain_is_flattened():
         gradtx.scale_by_learning_rate(1e-2),
     )
     assert gradtx.fused_step(tx).fused
-    _assert_identical(_run(tx, [(9,)], 5), _run(tx, [(9,)], 5, fused=False))
+    _check_steps(tx, [(9,)], 5)
+
+
+def _parameters(fn):
+    return [
+        (p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()
+    ]
+
+
+def test_the_kernel_chains_are_read_from_their_factories():
+    assert set(_plan.READERS) == {
+        gradtx.chain,
+        gradtx.clip_by_global_norm,
+        gradtx.add_decayed_weights,
+        gradtx.scale_by_adam,
+        gradtx.scale_by_momentum,
+        gradtx.scale_by_learning_rate,
+    }
+
+
+@pytest.mark.parametrize("factory", list(_plan.READERS), ids=lambda f: f.__name__)
+def test_each_reader_has_its_factorys_signature(factory):
+    """A factory argument renamed, added, removed or given another default in
+    the core fails here until its reader in gradtx/fused/_plan.py follows."""
+    assert _parameters(_plan.READERS[factory]) == _parameters(factory)
+
+
+def test_a_recorded_call_its_reader_cannot_take_fails_when_the_step_is_built():
+    adam = gradtx.scale_by_adam()
+    drifted = gradtx.GradientTransformation(
+        adam.init,
+        adam.update,
+        name="scale_by_adam",
+        factory=gradtx.scale_by_adam,
+        hyperparams={**adam.hyperparams, "new_argument": 1.0},
+    )
+    tx = gradtx.chain(drifted, gradtx.scale_by_learning_rate(1e-3))
+    with pytest.raises(TypeError, match=r"reader of scale_by_adam.*new_argument"):
+        gradtx.fused_step(tx)
+
+
+def test_a_name_alone_does_not_make_a_link_the_kernel_runs():
+    """A link is known by the factory that built it, not by its name."""
+    adam = gradtx.scale_by_adam()
+    lookalike = gradtx.GradientTransformation(
+        adam.init, adam.update, name="scale_by_adam", hyperparams=adam.hyperparams
+    )
+    tx = gradtx.chain(lookalike, gradtx.scale_by_learning_rate(1e-3))
+    step = gradtx.fused_step(tx)
+    assert not step.fused
+    assert "scale_by_adam -> scale_by_learning_rate" in step.reason
+
+
+def test_the_plan_is_made_once_when_the_step_is_built(monkeypatch):
+    step = gradtx.fused_step(gradtx.adamw(1e-3, weight_decay=0.1))
+
+    def no_second_plan(tx):
+        raise AssertionError("planned again")
+
+    monkeypatch.setattr(_step, "make_plan", no_second_plan)
+    params = _tree([(3,)])
+    state = step.tx.init(params)
+    _assert_identical(step(params, state, params), step(params, state, params))
 
 
 # ----------------------------------------------------------------------------
-# same numbers as the plain step
+# the numbers: bounds against the plain step and against float64
 
 
 @pytest.mark.parametrize("name", sorted(CHAINS))
-def test_single_leaf_is_bit_identical(name):
-    tx = CHAINS[name]()
-    for shape in [(1,), (1000,), (300, 301)]:
-        _assert_identical(_run(tx, [shape], 12), _run(tx, [shape], 12, fused=False))
+def test_each_step_is_within_the_bounds(name):
+    """12 steps on `MANY`, params and moments held to `ULPS`.
 
-
-@pytest.mark.parametrize("name", sorted(SGD_CHAINS))
-def test_sgd_on_many_leaves_is_bit_identical(name):
-    tx = SGD_CHAINS[name]()
-    _assert_identical(_run(tx, MANY, 12), _run(tx, MANY, 12, fused=False))
-
-
-def _adam_reference_step(tx_name, params, grads, mu, nu, t, lr, wd, flags):
-    """One step in float64 from the same float32 inputs, and its scale.
-
-    Returns the new params and, per leaf, the size of the terms the float32
-    result is a rounding of: |p| + lr * (|m_hat|' / denominator + |wd * p|),
-    where |m_hat|' is m_hat with every term taken in absolute value.
+    Among them the chains whose bits XLA:CPU happens to compute differently
+    even with its default code generation: clipping with L2 (`clip_adam_l2`,
+    `clip_sgd_l2`, `clip_l2_nesterov`) and `adam(eps=0)`.
     """
-    nesterov = tx_name == "adam_nesterov"
-    eps_root = 1e-10 if tx_name == "adam_eps_root" else 0.0
-    coupled = tx_name == "adam_l2"
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    out, scales = {}, {}
-    for k, p in params.items():
-        p = np.asarray(p, np.float64)
-        g = np.asarray(grads[k], np.float64)
-        wd_k = wd if flags[k] else 0.0
-        g_abs = np.abs(g)
-        if coupled:
-            g, g_abs = g + wd_k * p, g_abs + np.abs(wd_k * p)
-        m_prev = np.asarray(mu[k], np.float64)
-        m = b1 * m_prev + (1 - b1) * g
-        m_abs = b1 * np.abs(m_prev) + (1 - b1) * g_abs
-        v = b2 * np.asarray(nu[k], np.float64) + (1 - b2) * g * g
-        if nesterov:
-            m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
-            terms = b1 * m_abs / (1 - b1 ** (t + 1)) + (1 - b1) * g_abs / (1 - b1**t)
+    _check_steps(CHAINS[name](), MANY, 12)
+
+
+@pytest.mark.parametrize("name", sorted(BF16_CHAINS))
+def test_bfloat16_moments_are_within_the_bounds(name):
+    """With a moment in bfloat16 the plain step computes it twice (in the loop
+    that stores it and in the parameter's loop), and the two can be
+    contracted differently; the kernel computes it once. The bound is the
+    float32 one plus one bfloat16 place for the stored moment. (Across
+    kernel calls: `test_bfloat16_flat_moments_give_the_per_leaf_bits`.)"""
+    _check_steps(BF16_CHAINS[name](), FEW, 12)
+
+
+def test_x64_with_float64_hyperparameters_is_within_the_bounds():
+    """Under x64, float64 hyperparameters make the plain step compute in
+    float64 and round once; the kernel computes in float32."""
+    f64 = np.float64
+    with jax.enable_x64(True):
+        chains = [
+            gradtx.adamw(
+                f64(1e-2), b1=f64(0.9), b2=f64(0.999), eps=f64(1e-8),
+                weight_decay=f64(0.1),
+            ),
+            gradtx.chain(
+                gradtx.clip_by_global_norm(f64(1.0)),
+                gradtx.adam_l2(f64(1e-2), b1=f64(0.9), weight_decay=f64(0.1)),
+            ),
+            gradtx.sgd(f64(0.1), momentum=f64(0.9), nesterov=True, dampening=f64(0.3)),
+            gradtx.chain(
+                gradtx.clip_by_global_norm(f64(0.5)),
+                gradtx.sgd_l2(f64(0.1), momentum=f64(0.9), weight_decay=f64(0.01)),
+            ),
+        ]  # fmt: skip
+        for tx in chains:
+            params = _tree([(3,)])
+            assert params["leaf000"].dtype == jnp.float32
+            step = gradtx.fused_step(tx)
+            state = tx.init(params)
+            assert _custom_calls(step, params, state, params) == (1 if KERNEL else 0)
+            _check_steps(tx, FEW, 8)
+
+
+def _reference_chain(tx, params):
+    """The float64 reference of a kernel chain (tests/references.py)."""
+    links = []
+    for factory, hp, _ in _links(tx, tx.init(params)):
+        if factory is gradtx.clip_by_global_norm:
+            links.append(refs.clip_by_global_norm(float(hp["max_norm"])))
+        elif factory is gradtx.add_decayed_weights:
+            mask = hp["mask"]
+            mask = mask(params) if callable(mask) else mask
+            links.append(refs.add_decayed_weights(hp["weight_decay"], mask))
+        elif factory is gradtx.scale_by_adam:
+            links.append(
+                refs.adam(
+                    float(hp["b1"]),
+                    float(hp["b2"]),
+                    float(hp["eps"]),
+                    float(hp["eps_root"]),
+                    hp["nesterov"],
+                )
+            )
+        elif factory is gradtx.scale_by_momentum:
+            links.append(
+                refs.momentum(
+                    float(hp["decay"]), hp["nesterov"], float(hp["dampening"])
+                )
+            )
         else:
-            m_hat = m / (1 - b1**t)
-            terms = m_abs / (1 - b1**t)
-        denom = np.sqrt(v / (1 - b2**t) + eps_root) + eps
-        decay = 0.0 if coupled else wd_k
-        out[k] = p - lr * (m_hat / denom + decay * p)
-        scales[k] = np.abs(p) + lr * (terms / denom + np.abs(decay * p))
-    return out, scales
+            assert factory is gradtx.scale_by_learning_rate, factory
+            links.append(refs.scale_by_learning_rate(hp["learning_rate"]))
+    return refs.chain(*links)
 
 
-@pytest.mark.parametrize(
-    "name", ["adam", "adam_nesterov", "adam_eps_root", "adamw", "adam_l2"]
-)
-def test_adam_on_many_leaves_is_bit_identical_and_rounds_the_float64_step(name):
-    """Params and state bit-identical, both within round-off of float64.
-
-    On a tree of several leaves XLA used to fold the bias corrections of the
-    plain step differently (`m / (c1 * d)`), until scale_by_adam wrote them
-    as reciprocals; the bits must stay the same on every leaf.
-    """
-    tx = ADAM_CHAINS[name]()
-    lr, wd = 1e-2, (0.1 if name in ("adamw", "adam_l2") else 0.0)
-    fused = jax.jit(gradtx.fused_step(tx))
-    plain = jax.jit(gradtx.fused_step(tx).plain)
-    params = _tree(MANY)
-    state = tx.init(params)
-    flags = {k: True for k in params}
-    for t in range(1, 16):
-        grads = _grads(MANY, t)
-        p_fused, s_fused = fused(params, state, grads)
-        p_plain, s_plain = plain(params, state, grads)
-        _assert_identical((p_fused, s_fused), (p_plain, s_plain))
-        i = [type(x).__name__ for x in state].index("ScaleByAdamState")
-        want, scale = _adam_reference_step(
-            name, params, grads, state[i].mu, state[i].nu, t, lr, wd, flags
-        )
-        for k in params:
-            err = np.abs(np.asarray(p_fused[k], np.float64) - want[k])
-            bound = 8 * EPS32 * scale[k] + np.finfo(np.float32).tiny
-            assert np.all(err <= bound), (k, float(np.max(err / bound)))
-        params, state = p_plain, s_plain
+# Every chain is held to the one-step bounds above; the trajectory of one
+# chain of each shape over 120 steps (`adam_l2` comes furthest).
+TRAJECTORY_CHAINS = [
+    "adam_nesterov",
+    "adam_eps0",
+    "adam_l2",
+    "adamw_mask_schedules",
+    "clip_l2_nesterov",
+    "sgd_schedule",
+    "dampening",
+    "clip_sgd_l2",
+]
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["adam", "adam_nesterov", "adam_eps_root", "adamw", "adam_l2", "clip_adamw"],
-)
-def test_adam_trajectory_against_float64(name):
-    """120 fused steps follow the float64 equations as closely as plain ones."""
-    lr = 1e-2
-    ref_links = {
-        "adam": [refs.adam()],
-        "adam_nesterov": [refs.adam(nesterov=True)],
-        "adam_eps_root": [refs.adam(eps_root=1e-10)],
-        "adamw": [refs.adam(), refs.add_decayed_weights(0.1)],
-        "adam_l2": [refs.add_decayed_weights(0.1), refs.adam()],
-        "clip_adamw": [
-            refs.clip_by_global_norm(1.0),
-            refs.adam(),
-            refs.add_decayed_weights(0.1),
-        ],
-    }
-    ref = refs.chain(*ref_links[name], refs.scale_by_learning_rate(lr))
-    tx = ADAM_CHAINS[name]()
-    step = jax.jit(gradtx.fused_step(tx), donate_argnums=(0, 1))
+@pytest.mark.parametrize("name", TRAJECTORY_CHAINS)
+def test_trajectory_against_float64(name):
+    """120 steps, fused and plain, against the float64 equations."""
+    tx = CHAINS[name]()
+    step = gradtx.fused_step(tx)
+    fused, plain = jax.jit(step), jax.jit(step.plain)
     params64 = refs.make_params()
-    params32 = refs.to_f32(params64)
-    state32, state64 = tx.init(params32), ref.init(params64)
+    ref = _reference_chain(tx, params64)
+    p_fused = p_plain = refs.to_f32(params64)
+    s_fused = s_plain = tx.init(p_fused)
+    state64 = ref.init(params64)
     scale = {k: 0.0 for k in params64}
     trajectory = []
     for g in refs.make_grads():
-        params32, state32 = step(params32, state32, refs.to_f32(g))
+        p_fused, s_fused = fused(p_fused, s_fused, refs.to_f32(g))
+        p_plain, s_plain = plain(p_plain, s_plain, refs.to_f32(g))
         u64, state64 = ref.update(g, state64, params64)
         params64 = {k: params64[k] + u64[k] for k in params64}
-        trajectory.append((jax.tree.map(np.asarray, params32), dict(params64)))
+        trajectory.append((p_fused, p_plain, params64))
         for k in params64:
             scale[k] = max(scale[k], float(np.max(np.abs(params64[k]))))
-    worst = max(
-        float(np.max(np.abs(got[k] - want[k]))) / scale[k]
-        for got, want in trajectory
-        for k in want
-    )
-    assert worst < 1e-4
+    for key, i in (("fused", 0), ("plain", 1)):
+        worst = max(
+            float(np.max(np.abs(np.asarray(got[i][k], np.float64) - got[2][k])))
+            / scale[k]
+            for got in trajectory
+            for k in scale
+        )
+        assert worst <= TRAJECTORY_EPS * EPS32, (key, worst / EPS32)
 
 
 def test_schedules_masks_and_counts_follow_the_plain_step():
@@ -313,12 +660,40 @@ def test_clipping_bounds_the_gradient():
     np.testing.assert_allclose(gradtx.global_norm(out), 1.0, rtol=1e-6)
 
 
-# When XLA's float32 sum of squares of the gradients overflows (an element
-# above about 1.8e19, or the sum of finite squares) or underflows (every
-# element below about 1e-19), the plain step takes the norm again from
-# rescaled elements under `lax.cond`; the fused step asks its norm kernel,
-# which sums the squares in float64. Gradients: values cycled over a large
-# leaf (several kernel chunks, so several threads) and two small ones.
+@pytest.mark.parametrize("name", ["clip_adamw", "clip_momentum"])
+@pytest.mark.parametrize("path", ["kernel", "plain"])
+def test_a_nan_gradient_turns_every_leaf_nan(monkeypatch, name, path):
+    """One NaN makes the norm NaN, and the clip then NaN everywhere.
+
+    A clip that tested `norm > max_norm` would stay off for a NaN norm and
+    pass the other leaves through unclipped: here `w` would move by a whole
+    1e6 * lr instead of the clipped step, silently.
+    """
+    if path == "kernel" and not KERNEL:
+        pytest.skip("the CPU kernel is not available here")
+    if path == "plain":
+        monkeypatch.setenv("GRADTX_FUSED", "0")
+    tx = CHAINS[name]()
+    params = {"frozen": jnp.zeros(2), "w": jnp.ones(2)}
+    grads = {"frozen": jnp.array([np.nan, 0.0]), "w": jnp.array([1e6, -1e6])}
+    state = tx.init(params)
+    step = gradtx.fused_step(tx)
+    assert _custom_calls(step, params, state, grads) == (1 if path == "kernel" else 0)
+    got = jax.jit(step)(params, state, grads)
+    want = jax.jit(step.plain)(params, state, grads)
+    _assert_identical(got, want)
+    new_params, new_state = got
+    for leaf in [*jax.tree.leaves(new_params), *_moment_trees(tx, new_state)]:
+        for x in jax.tree.leaves(leaf):
+            assert np.all(np.isnan(x)), new_params
+
+
+# Gradients whose float32 sum of squares overflows (an element above about
+# 1.8e19, or the sum of finite squares) or underflows (every element below
+# about 1e-19), and degenerate ones: both steps take the clip's factors from
+# the core's norm, and the kernel must apply them as the plain step does.
+# Values cycled over a large leaf (several kernel chunks, so several
+# threads) and two small ones.
 OUT_OF_RANGE = {
     "overflow": [1e30, -3e29, 1e-3, 0.0],
     "finite_squares_overflowing_sum": [1.5e19, -1.5e19, 1.0],
@@ -329,109 +704,35 @@ OUT_OF_RANGE = {
 }
 
 
-def _out_of_range_grads(values, scale=1.0):
+def _out_of_range_grads(values):
     def leaf(n, shift):
-        return jnp.asarray(np.resize(np.roll(values, shift), n) * scale, jnp.float32)
+        return jnp.asarray(np.resize(np.roll(values, shift), n), jnp.float32)
 
     return {"big": leaf(100_003, 0), "small": leaf(7, 1), "one": leaf(1, 2)}
 
 
-def _norms(grads):
-    assert fused_module.kernel_available()  # builds and registers the kernels
-    plain = jax.jit(lambda g: gradtx.clipping._scaled_norm(g))(grads)
-    kernel = jax.jit(
-        lambda g: gradtx.clipping._scaled_norm(g, fused_module._NORM_KERNELS)
-    )(grads)
-    return [np.asarray(x) for x in (*plain, *kernel)]
-
-
 @pytest.mark.parametrize("case", OUT_OF_RANGE)
-def test_an_out_of_range_norm_comes_from_the_kernel(case):
+def test_out_of_range_gradients_are_clipped_as_in_the_plain_step(case):
     grads = _out_of_range_grads(OUT_OF_RANGE[case])
-    root, scale, k_root, k_scale = _norms(grads)
-    np.testing.assert_array_equal(k_scale, scale)
-    # float64 sum: the kernel's root is the exact norm, rounded once
-    exact = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in grads.values()))
-    np.testing.assert_allclose(k_root / k_scale, exact, rtol=EPS32)
-    np.testing.assert_allclose(k_root, root, rtol=2 * EPS32)
-
     tx = gradtx.chain(gradtx.clip_by_global_norm(2.0), gradtx.sgd(1.0, momentum=0.9))
     params = jax.tree.map(jnp.ones_like, grads)
+    state = tx.init(params)
     step = gradtx.fused_step(tx)
-    got = jax.jit(step)(params, tx.init(params), grads)
-    want = jax.jit(step.plain)(params, tx.init(params), grads)
+    assert _custom_calls(step, params, state, grads) == (1 if KERNEL else 0)
+    got = jax.jit(step)(params, state, grads)
+    want = jax.jit(step.plain)(params, state, grads)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=4 * EPS32, equal_nan=True)
-
-
-def test_an_in_range_norm_skips_the_kernel_and_keeps_the_bits():
-    grads = _out_of_range_grads([3.0, -4.0, 1e-3])
-    root, scale, k_root, k_scale = _norms(grads)
-    np.testing.assert_array_equal(k_root, root)
-    np.testing.assert_array_equal(k_scale, scale)
-
-
-def test_the_norm_kernel_under_vmap_takes_each_row_on_its_own():
-    assert fused_module.kernel_available()
-    # rows: overflow, in range, underflow
-    grads = jax.vmap(lambda s: _out_of_range_grads([3.0, -4.0, 1e-3], s))(
-        jnp.asarray([1e25, 1.0, 1e-25])
-    )
-    root, scale, k_root, k_scale = jax.vmap(
-        lambda g: jnp.stack(
-            [
-                *gradtx.clipping._scaled_norm(g),
-                *gradtx.clipping._scaled_norm(g, fused_module._NORM_KERNELS),
-            ]
-        )
-    )(grads).T
-    np.testing.assert_array_equal(k_scale, scale)
-    assert k_root[1] == root[1]
-    np.testing.assert_allclose(k_root, root, rtol=2 * EPS32)
-    assert scale[0] < 1 < scale[2]
-
-
-def test_the_clipped_step_has_no_conditional_and_no_concatenation():
-    # The plain clipped step branches with lax.cond over every gradient leaf
-    # and joins the small leaves with concatenations (seconds of XLA compile
-    # time for thousands of leaves); the fused one has kernels for both.
-    tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-3))
-    params = _tree([(3,), (4, 5), (6,)])
-    step = gradtx.fused_step(tx)
-    args = (params, tx.init(params), params)
-    joined = "f32[29]{0} concatenate("  # the three gradient leaves, 29 elements
-    plain = jax.jit(step.plain).lower(*args).compile().as_text()
-    assert "conditional(" in plain and joined in plain
-    text = jax.jit(step).lower(*args).compile().as_text()
-    assert "conditional(" not in text and joined not in text
-    assert "gradtx_scaled_norm" in text and "gradtx_gather" in text
-
-
-def test_clipped_sgd_over_many_pieces_is_bit_identical(monkeypatch):
-    # Pieces of 1024 elements: the norm joins the 200 small leaves in 13
-    # chained pieces, through the gather kernel in the fused step.
-    monkeypatch.setattr(gradtx.sharding, "_PIECE", 1024)
-    shapes = [(64,)] * 200 + [(70_000,)]
-    tx = gradtx.chain(gradtx.clip_by_global_norm(0.5), gradtx.sgd(0.1, momentum=0.9))
-    fused = _run(tx, shapes, 3)
-    plain = _run(tx, shapes, 3, fused=False)
-    _assert_identical(fused, plain)
-
-
-def test_the_gather_kernel_is_concatenate():
-    assert fused_module.kernel_available()
-    arrays = [jnp.arange(n, dtype=jnp.float32) * (n + 1) for n in (1, 5, 0, 64, 3)]
-    got = jax.jit(fused_module._kernel_concatenate)(arrays)
-    _assert_identical(got, jnp.concatenate(arrays))
-    rows = [jnp.stack([x, -x, 2 * x]) for x in arrays]  # batch of 3 rows
-    got = jax.jit(jax.vmap(fused_module._kernel_concatenate))(rows)
-    _assert_identical(got, jnp.concatenate(rows, axis=1))
+    moved = jax.tree.map(lambda p: p - 1.0, got[0])
+    if case in ("overflow", "finite_squares_overflowing_sum"):
+        np.testing.assert_allclose(gradtx.global_norm(moved), 2.0, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------
-# JAX transformations, donation, memory
+# JAX transformations, donation
 
 
+@needs_kernel
 def test_donation_updates_in_place():
     tx = gradtx.adamw(1e-3, weight_decay=0.1)
     shapes = [(256, 256), (1000,), (3,)]
@@ -439,19 +740,22 @@ def test_donation_updates_in_place():
     state = tx.init(params)
     grads = _grads(shapes, 0)
     step = jax.jit(gradtx.fused_step(tx), donate_argnums=(0, 1))
-    compiled = step.lower(params, state, grads).compile()
-    text = compiled.as_text()
-    assert "output_to_operand_aliasing" in text
-    assert " copy(" not in text and "copy-start" not in text
-    memory = compiled.memory_analysis()
-    # the scalars and their copies for XLA's cost model (`_priced`), a few KB;
-    # no leaf-sized scratch
-    assert memory.temp_size_in_bytes <= 16384
+    # every kernel output is aliased to its input
+    assert "output_operand_aliases" in step.lower(params, state, grads).as_text()
+    before = [x.unsafe_buffer_pointer() for x in jax.tree.leaves((params, state))]
     old = jax.tree.leaves(params)[0]
-    params, state = step(params, state, grads)  # filterwarnings=error: no warning
+    # filterwarnings=error: no "donated buffers were not usable" warning
+    params, state = step(params, state, grads)
     assert old.is_deleted()
+    after = [x.unsafe_buffer_pointer() for x in jax.tree.leaves((params, state))]
+    # params and moments come out in the buffers they came in (counts aside)
+    moments = [x.size > 1 for x in jax.tree.leaves((params, state))]
+    assert [b for b, m in zip(before, moments, strict=True) if m] == [
+        a for a, m in zip(after, moments, strict=True) if m
+    ]
 
 
+@needs_kernel
 def test_xla_counts_the_step_as_real_work():
     # XLA counts a custom call as -1 flops and the CPU client runs programs of
     # under 1000 flops synchronously on the calling thread; the fused step
@@ -460,9 +764,9 @@ def test_xla_counts_the_step_as_real_work():
     for n_leaves in (1, 300):
         params = _tree([(8,)] * n_leaves)
         step = jax.jit(gradtx.fused_step(tx), donate_argnums=(0, 1))
-        compiled = step.lower(params, tx.init(params), params).compile()
-        assert "custom-call" in compiled.as_text()
-        assert compiled.cost_analysis()["flops"] >= 1000
+        lowered = step.lower(params, tx.init(params), params)
+        assert "gradtx_fused" in lowered.as_text()
+        assert lowered.compile().cost_analysis()["flops"] >= 1000
 
 
 def test_without_donation_inputs_survive():
@@ -494,7 +798,9 @@ def test_inside_scan():
 
         return jax.lax.scan(body, (params, tx.init(params)), None, length=7)[0]
 
-    _assert_identical(loop(gradtx.fused_step(tx)), loop(gradtx.fused_step(tx).plain))
+    _assert_near(
+        loop(gradtx.fused_step(tx)), loop(gradtx.fused_step(tx).plain), 7 * ULPS
+    )
 
 
 def test_vmap_runs_each_batch_row_with_its_own_scalars():
@@ -513,6 +819,7 @@ def test_vmap_runs_each_batch_row_with_its_own_scalars():
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
 
 
+@needs_kernel
 def test_no_derivative():
     tx = gradtx.sgd(0.1)
     params = {"w": jnp.ones(3)}
@@ -527,28 +834,28 @@ def test_no_derivative():
     assert jax.grad(lambda p: jnp.sum(step.plain(p, tx.init(p), p)[0]["w"]))(params)
 
 
-@pytest.mark.parametrize("clip", [False, True])
-def test_gpu_lowering_takes_the_plain_step(monkeypatch, clip):
-    """Lowered for CUDA the step has no CPU kernel in it (checked on a CPU).
+@pytest.mark.parametrize("flat_moments", [False, True])
+def test_the_kernel_is_absent_from_other_platforms(flat_moments):
+    """Lowered for CUDA or TPU from this CPU host, the step has no kernel in it.
 
-    A process with a GPU backend traces both branches and lets the lowering
-    pick; a CPU-only one (this one, really) traces the kernel's alone.
+    The choice is made when the step is lowered (`platform_dependent`), not
+    from the backends of the process that traces it.
     """
-    monkeypatch.setattr(fused_module, "_cpu_only", lambda: False)
-    tx = gradtx.adamw(1e-3, weight_decay=0.1)
-    if clip:
-        tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), tx)
-    params = _tree([(8,)])
-    state = tx.init(params)
-    traced = jax.jit(gradtx.fused_step(tx)).trace(params, state, params)
-    try:
-        text = traced.lower(lowering_platforms=("cuda",)).as_text()
-    except Exception as error:  # noqa: BLE001 - a jax without cross-lowering
-        pytest.skip(f"cannot lower for cuda here: {error}")
-    assert "gradtx_fused" not in text and "gradtx_scaled_norm" not in text
-    cpu_text = traced.lower(lowering_platforms=("cpu",)).as_text()
-    assert "gradtx_fused" in cpu_text
-    assert ("gradtx_scaled_norm" in cpu_text) == clip
+    tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-3))
+    step = gradtx.fused_step(tx, flat_moments=flat_moments)
+    params = _tree([(8,), (2, 3)])
+    state = step.init(params)
+    with warnings.catch_warnings():
+        # without the kernel a flat step warns what its moments cost
+        warnings.simplefilter("ignore" if not KERNEL else "error", RuntimeWarning)
+        for platform in ("cuda", "tpu"):
+            exported = jax.export.export(jax.jit(step), platforms=(platform,))(
+                params, state, params
+            )
+            assert "gradtx_" not in exported.mlir_module(), platform
+        traced = jax.jit(step).trace(params, state, params)
+        cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    assert cpu.count("gradtx_fused") == (1 if KERNEL else 0)
 
 
 # ----------------------------------------------------------------------------
@@ -571,9 +878,10 @@ def test_empty_tree():
     assert out == {} and int(state[0].count) == 1
 
 
+@needs_kernel
 def test_environment_switch(monkeypatch):
     monkeypatch.setenv("GRADTX_FUSED", "0")
-    assert not fused_module.kernel_available()
+    assert not gradtx.fused.kernel_available()
     tx = gradtx.adam(1e-3)
     params = _tree([(4,)])
     step = gradtx.fused_step(tx)
@@ -596,37 +904,117 @@ def test_rejects_a_non_transformation():
         gradtx.fused_step(lambda g: g)
 
 
-def test_a_state_from_another_chain_gets_the_plain_error():
+@pytest.mark.parametrize(
+    "other",
+    [gradtx.chain(), gradtx.chain(gradtx.identity(), gradtx.identity())],
+    ids=["empty", "no-moments"],
+)
+def test_a_state_from_another_chain_is_refused(other):
     tx = gradtx.adamw(1e-3)
     params = {"a": jnp.ones(2)}
-    with pytest.raises(ValueError, match="chain"):
-        gradtx.fused_step(tx)(params, (), params)
+    with pytest.raises(ValueError, match=r"fused_step: .*state.*this chain's init"):
+        gradtx.fused_step(tx)(params, other.init(params), params)
 
 
-def test_the_cache_directory_is_configurable(tmp_path, monkeypatch):
+# ----------------------------------------------------------------------------
+# building and loading the kernel
+
+
+@pytest.fixture
+def fresh_load(monkeypatch):
+    """`_build.load` as in a new process; the kernel loaded before comes back.
+
+    Only for tests in which no kernel gets loaded (a second registration of
+    the same FFI targets is not what a process does).
+    """
+    monkeypatch.setattr(_build, "_loaded", [])
+
+
+_STEP_SCRIPT = """
+import jax
+import jax.numpy as jnp
+import gradtx
+from gradtx import fused
+
+assert fused.kernel_available()
+step = gradtx.fused_step(gradtx.sgd(0.5))
+params = {"w": jnp.ones(2)}
+args = (params, step.tx.init(params), {"w": jnp.array([1.0, -1.0])})
+assert "gradtx_fused" in jax.jit(step).lower(*args).as_text()
+print(step(*args)[0]["w"].tolist())
+"""
+
+
+@needs_kernel
+def test_a_damaged_cached_library_is_built_again(tmp_path, monkeypatch):
+    """A library cut short in the cache is not loaded (SIGBUS), but rebuilt.
+
+    A crash or a full disk between the build and the file's blocks reaching
+    the disk, or a partial copy of the cache, leaves such a file; loading it
+    kills the process inside `ctypes.CDLL`, where nothing can catch it. Run
+    in a subprocess, so that it cannot take pytest with it. The rebuilt
+    library is then in `$GRADTX_CACHE_DIR`, checked and taken as it is.
+    """
+    library = Path(_build.load())
+    damaged = tmp_path / library.name
+    data = library.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    checksum = _build.checksum_path(library)
+    if checksum.exists():
+        shutil.copy(checksum, tmp_path / checksum.name)
+    env = dict(os.environ, GRADTX_CACHE_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", _STEP_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
+    assert result.stdout.split("\n")[-2] == "[0.5, 1.5]"
+    assert damaged.stat().st_size == len(data)  # rebuilt in full
+    assert _build.verified(damaged)
+    # the library and its checksum in $GRADTX_CACHE_DIR, no temporary left
+    assert sorted(os.listdir(tmp_path)) == [damaged.name, f"{damaged.name}.sha256"]
     monkeypatch.setenv("GRADTX_CACHE_DIR", str(tmp_path))
-    compiler = fused_module._compiler()
-    path = fused_module._build(compiler)
-    assert path.parent == tmp_path and path.exists()
-    assert fused_module._build(compiler) == path  # cached: not rebuilt
-    assert os.listdir(tmp_path) == [path.name]  # no temporary left behind
+    built = damaged.stat().st_mtime_ns
+    assert _build.build(_build.compiler()) == damaged
+    assert damaged.stat().st_mtime_ns == built  # cached: not rebuilt
+    _build.checksum_path(damaged).unlink()
+    assert not _build.verified(damaged)  # built again by the next process
 
 
-def test_without_a_compiler_the_plain_step_runs(monkeypatch):
-    assert fused_module.kernel_available()
-    saved = list(fused_module._loaded)
-    monkeypatch.setattr(fused_module, "_compiler", lambda: None)
-    fused_module._loaded.clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-            assert not fused_module.kernel_available()
-        tx = gradtx.adam(1e-3)
-        params = _tree([(4,)])
-        step = gradtx.fused_step(tx)
-        assert _custom_calls(step, params, tx.init(params), params) == 0
-    finally:
-        fused_module._loaded[:] = saved
-    assert fused_module.kernel_available()
+def test_without_a_compiler_the_plain_step_runs(monkeypatch, fresh_load):
+    monkeypatch.setattr(_build, "compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        assert not gradtx.fused.kernel_available()
+    tx = gradtx.adam(1e-3)
+    params = _tree([(4,)])
+    step = gradtx.fused_step(tx)
+    assert step.fused  # the chain has a kernel, but the kernel is not there
+    state = tx.init(params)
+    assert _custom_calls(step, params, state, params) == 0
+    _assert_identical(step(params, state, params), step.plain(params, state, params))
+
+
+def test_a_cxx_that_is_not_there_is_refused(monkeypatch, fresh_load):
+    """$CXX names the compiler: if it is not there, no other one is taken."""
+    monkeypatch.setenv("CXX", "/nonexistent")
+    with pytest.raises(
+        RuntimeError, match=r"^\$CXX=/nonexistent is not an executable$"
+    ):
+        _build.compiler()
+    with pytest.warns(
+        RuntimeWarning, match=r"unavailable.*\$CXX=/nonexistent is not an executable"
+    ):
+        assert not gradtx.fused.kernel_available()
+    tx = gradtx.sgd(0.1)
+    params = _tree([(4,)])
+    assert _custom_calls(gradtx.fused_step(tx), params, tx.init(params), params) == 0
+    # set but empty: as if not set
+    monkeypatch.setenv("CXX", "")
+    assert _build.compiler() in (None, "c++", "g++", "clang++")
 
 
 # ----------------------------------------------------------------------------
@@ -643,8 +1031,24 @@ def _run_flat(tx, shapes, steps):
     return params, step.chain_state(state, params)
 
 
-@pytest.mark.parametrize("name", sorted(CHAINS))
+# One chain of each shape for the flat layout: Adam with and without the
+# clip, either decay, masks, schedules and Nesterov; SGD without moments and
+# with momentum, the clip and L2.
+FLAT_CHAINS = [
+    "adam",
+    "adamw_mask_schedules",
+    "clip_l2_nesterov",
+    "sgd",
+    "nesterov",
+    "clip_sgd_l2",
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", FLAT_CHAINS)
 def test_flat_moments_give_the_same_bits(name):
+    """The same kernel code on the same scalars: flat or per-leaf moments."""
+    assert len(MANY) > _call.GROUP  # the flat moments go through several calls
     tx = CHAINS[name]()
     _assert_identical(_run_flat(tx, MANY, 8), _run(tx, MANY, 8))
 
@@ -684,26 +1088,25 @@ def test_flat_moments_need_a_kernel():
         gradtx.fused_step(gradtx.rmsprop(1e-3), flat_moments=True)
 
 
+@needs_kernel
 def test_flat_moments_update_in_place():
     tx = gradtx.adam(1e-3)
     shapes = [(64,)] * 70 + [(128, 128)]
     params = _tree(shapes)
     step = gradtx.fused_step(tx, flat_moments=True)
     state = step.init(params)
-    compiled = (
-        jax.jit(step, donate_argnums=(0, 1))
-        .lower(params, state, _grads(shapes, 0))
-        .compile()
-    )
-    assert " copy(" not in compiled.as_text()
-    # the scalars and their priced copies only
-    assert compiled.memory_analysis().temp_size_in_bytes <= 16384
-    assert (
-        jax.jit(step).lower(params, state, params).as_text().count("gradtx_fused") == 3
-    )
+    # 71 leaves: several kernel calls, the flat moments going through each
+    calls = -(-len(shapes) // _call.GROUP)
+    assert calls > 1 and _custom_calls(step, params, state, params) == calls
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    before = [state[0].mu.unsafe_buffer_pointer(), state[0].nu.unsafe_buffer_pointer()]
+    params, state = jitted(params, state, _grads(shapes, 0))
+    after = [state[0].mu.unsafe_buffer_pointer(), state[0].nu.unsafe_buffer_pointer()]
+    assert after == before
 
 
-def test_flat_moments_under_vmap_and_on_gpu_lowering(monkeypatch):
+@needs_kernel
+def test_flat_moments_under_vmap():
     tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adam(1e-2))
     shapes = [(6,), (2, 3)]
     step = gradtx.fused_step(tx, flat_moments=True)
@@ -714,25 +1117,9 @@ def test_flat_moments_under_vmap_and_on_gpu_lowering(monkeypatch):
     want = jax.jit(jax.vmap(step.plain))(params, state, grads)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
-    monkeypatch.setattr(fused_module, "_cpu_only", lambda: False)
-    one = _tree(shapes)
-    traced = jax.jit(step).trace(one, step.init(one), one)
-    try:
-        text = traced.lower(lowering_platforms=("cuda",)).as_text()
-    except Exception as error:  # noqa: BLE001 - a jax without cross-lowering
-        pytest.skip(f"cannot lower for cuda here: {error}")
-    assert "gradtx_fused" not in text
 
 
-def test_a_cpu_only_process_traces_the_kernel_alone():
-    assert fused_module._cpu_only()  # the test machine has no accelerator
-    tx = gradtx.adam(1e-3)
-    params = _tree([(4,)])
-    text = jax.jit(gradtx.fused_step(tx)).lower(params, tx.init(params), params)
-    assert "platform_index" not in text.as_text() and "case" not in text.as_text()
-
-
-def test_flat_moments_warn_once_where_the_kernel_does_not_run(monkeypatch):
+def test_flat_moments_warn_once_where_the_kernel_is_off(monkeypatch):
     """Off the kernel, flat moments are cut and joined each step: say so."""
     tx = gradtx.adamw(1e-3)
     params = _tree([(3,), (2, 2)])
@@ -746,17 +1133,20 @@ def test_flat_moments_warn_once_where_the_kernel_does_not_run(monkeypatch):
     # the plain step on the cut moments: per-leaf numbers to round-off only
     # (XLA may contract the multiply-adds differently; see docs/fused.md)
     want, want_state = per_leaf(params, tx.init(params), params)
-    for got, expected in [
-        (new, want),
-        (step.chain_state(new_state, params), want_state),
-    ]:
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
-    monkeypatch.delenv("GRADTX_FUSED")
+    _assert_near(new, want, ULPS)
+    _assert_near(step.chain_state(new_state, params), want_state, ULPS)
+
+
+@needs_kernel
+def test_flat_moments_warn_on_an_accelerator_backend(monkeypatch):
+    tx = gradtx.adamw(1e-3)
+    params = _tree([(3,), (2, 2)])
     # a process whose default backend is an accelerator lowers the plain step
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    step = gradtx.fused_step(tx, flat_moments=True)
+    state = step.init(params)
     with pytest.warns(RuntimeWarning, match="default backend is gpu"):
-        jax.jit(gradtx.fused_step(tx, flat_moments=True)).trace(params, state, params)
+        jax.jit(step).trace(params, state, params)
     # per-leaf moments cost nothing extra on the plain path: no warning
     jax.jit(gradtx.fused_step(tx)).trace(params, tx.init(params), params)
 
@@ -770,63 +1160,7 @@ def test_a_per_leaf_state_given_to_a_flat_step_is_refused():
 
 
 # ----------------------------------------------------------------------------
-# moments kept in bfloat16
-
-BF16 = jnp.bfloat16
-
-
-def _momentum_chain(*front, **momentum):
-    return gradtx.chain(
-        *front,
-        gradtx.scale_by_momentum(0.9, accumulator_dtype=BF16, **momentum),
-        gradtx.scale_by_learning_rate(0.1),
-    )
-
-
-BF16_ADAM_CHAINS = {  # name -> (chain, the name of its float32 form above)
-    "adam_mu": (lambda: gradtx.adam(1e-2, mu_dtype=BF16), "adam"),
-    "adam_nu": (lambda: gradtx.adam(1e-2, nu_dtype=BF16), "adam"),
-    "adam_both": (lambda: gradtx.adam(1e-2, mu_dtype=BF16, nu_dtype=BF16), "adam"),
-    "adam_nesterov": (
-        lambda: gradtx.adam(1e-2, nesterov=True, mu_dtype=BF16, nu_dtype=BF16),
-        "adam_nesterov",
-    ),
-    "adam_eps_root": (
-        lambda: gradtx.adam(1e-2, eps_root=1e-10, mu_dtype=BF16),
-        "adam_eps_root",
-    ),
-    "adamw": (
-        lambda: gradtx.adamw(1e-2, weight_decay=0.1, mu_dtype=BF16, nu_dtype=BF16),
-        "adamw",
-    ),
-    "adam_l2": (
-        lambda: gradtx.adam_l2(1e-2, weight_decay=0.1, mu_dtype=BF16),
-        "adam_l2",
-    ),
-}
-BF16_CHAINS = {
-    **{name: chain for name, (chain, _) in BF16_ADAM_CHAINS.items()},
-    "clip_adamw": lambda: gradtx.chain(
-        gradtx.clip_by_global_norm(1.0),
-        gradtx.adamw(1e-2, weight_decay=0.1, mu_dtype=BF16),
-    ),
-    "momentum": lambda: _momentum_chain(),
-    "nesterov_dampening": lambda: _momentum_chain(nesterov=True, dampening=0.3),
-    "clip_l2_momentum": lambda: _momentum_chain(
-        gradtx.clip_by_global_norm(0.5),
-        gradtx.add_decayed_weights(0.01),
-        nesterov=True,
-        dampening=0.3,
-    ),
-}
-
-
-def _bits(x):
-    """The bit patterns of a float array as signed integers, ordered like the values."""
-    x = np.asarray(x)
-    signed = x.view({2: np.int16, 4: np.int32}[x.dtype.itemsize]).astype(np.int64)
-    # two's complement order -> value order (negative floats count downwards)
-    return np.where(signed < 0, np.iinfo(np.int64).min // 2 - signed, signed)
+# moments kept in bfloat16 (their bounds: test_bfloat16_moments_are_within_...)
 
 
 @pytest.mark.parametrize("name", sorted(BF16_CHAINS))
@@ -838,72 +1172,11 @@ def test_bfloat16_moments_run_in_the_kernel(name):
     params = _tree(shapes)
     state = tx.init(params)
     grads = _grads(shapes, 1)
-    assert _custom_calls(step, params, state, grads) == 1
+    assert _custom_calls(step, params, state, grads) == (1 if KERNEL else 0)
     _, new_state = jax.jit(step)(params, state, grads)
     assert [x.dtype for x in jax.tree.leaves(new_state)] == [
         x.dtype for x in jax.tree.leaves(state)
     ]
-
-
-@pytest.mark.parametrize("name", sorted(BF16_CHAINS))
-def test_bfloat16_moments_round_like_the_plain_step(name):
-    """Each stored moment is the plain step's or its bfloat16 neighbour.
-
-    With a moment in bfloat16 the plain step computes the new moment twice,
-    in the loop that stores it and again in the parameter's loop, and LLVM
-    contracts the two into fused multiply-adds differently from chain to
-    chain: the plain step's own two values can differ in the last float32
-    place, and the stored one then by one bfloat16 place. The kernel computes
-    the moment once and uses it for both. Parameters agree to float32
-    round-off of the update (against float64 for Adam in the next test).
-    """
-    tx = BF16_CHAINS[name]()
-    fused = jax.jit(gradtx.fused_step(tx))
-    plain = jax.jit(gradtx.fused_step(tx).plain)
-    params = _tree(MANY)
-    state = tx.init(params)
-    for t in range(1, 13):
-        grads = _grads(MANY, t)
-        p_fused, s_fused = fused(params, state, grads)
-        p_plain, s_plain = plain(params, state, grads)
-        assert jax.tree.structure(s_fused) == jax.tree.structure(s_plain)
-        for a, b in zip(
-            jax.tree.leaves(s_fused), jax.tree.leaves(s_plain), strict=True
-        ):
-            assert a.dtype == b.dtype and a.shape == b.shape
-            if a.dtype == jnp.float32:
-                np.testing.assert_array_equal(a, b)  # float32 moments: as ever
-            else:
-                assert np.all(np.abs(_bits(a) - _bits(b)) <= 1)
-        for a, b in zip(
-            jax.tree.leaves(p_fused), jax.tree.leaves(p_plain), strict=True
-        ):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-        params, state = p_plain, s_plain
-
-
-@pytest.mark.parametrize("name", sorted(BF16_ADAM_CHAINS))
-def test_bfloat16_adam_rounds_the_float64_step(name):
-    """From the same float32 params and bfloat16 moments, one step as in float64."""
-    chain, f32_name = BF16_ADAM_CHAINS[name]
-    tx = chain()
-    lr, wd = 1e-2, (0.1 if f32_name in ("adamw", "adam_l2") else 0.0)
-    fused = jax.jit(gradtx.fused_step(tx))
-    params = _tree(MANY)
-    state = tx.init(params)
-    flags = {k: True for k in params}
-    i = [type(x).__name__ for x in state].index("ScaleByAdamState")
-    for t in range(1, 13):
-        grads = _grads(MANY, t)
-        p_fused, s_fused = fused(params, state, grads)
-        want, scale = _adam_reference_step(
-            f32_name, params, grads, state[i].mu, state[i].nu, t, lr, wd, flags
-        )
-        for k in params:
-            err = np.abs(np.asarray(p_fused[k], np.float64) - want[k])
-            bound = 8 * EPS32 * scale[k] + np.finfo(np.float32).tiny
-            assert np.all(err <= bound), (k, float(np.max(err / bound, initial=0)))
-        params, state = p_fused, s_fused
 
 
 def test_bfloat16_moments_stay_on_the_plain_trajectory():
@@ -939,6 +1212,7 @@ def test_bfloat16_moments_stay_on_the_plain_trajectory():
     assert worst["apart"] < 1e-5, worst
 
 
+@needs_kernel
 def test_bfloat16_flat_moments_give_the_per_leaf_bits():
     tx = BF16_CHAINS["clip_adamw"]()
     p_flat, s_flat = _run_flat(tx, MANY, 8)
@@ -947,6 +1221,8 @@ def test_bfloat16_flat_moments_give_the_per_leaf_bits():
 
 
 def test_bfloat16_moments_under_vmap():
+    """Each `jax.vmap` row is the unbatched step (to the bounds: the clip's
+    norm is a batched reduction in one program and not in the other)."""
     tx = BF16_CHAINS["clip_l2_momentum"]()
     shapes = [(6,), (2, 3)]
     params = jax.vmap(lambda i: _tree(shapes, scale=1.0 + i))(jnp.arange(3))
@@ -956,9 +1232,15 @@ def test_bfloat16_moments_under_vmap():
     got = step(params, state, grads)
     for r in range(3):
         row = jax.tree.map(lambda x, r=r: x[r], (params, state, grads))
-        _assert_identical(
-            jax.tree.map(lambda x, r=r: x[r], got), jax.jit(gradtx.fused_step(tx))(*row)
-        )
+        want = jax.jit(gradtx.fused_step(tx))(*row)
+        got_r = jax.tree.map(lambda x, r=r: x[r], got)
+        _assert_near(got_r[0], want[0], ULPS)
+        for a, b in zip(
+            jax.tree.leaves(got_r[1]), jax.tree.leaves(want[1]), strict=True
+        ):
+            # the stored bfloat16 velocity: at most one bfloat16 place apart
+            diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+            assert np.all(diff <= EPS_BF16 * np.abs(np.asarray(b, np.float64)) + 1e-30)
 
 
 def test_mixed_moment_dtypes_within_a_tree_run_the_plain_step():

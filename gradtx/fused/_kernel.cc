@@ -4,9 +4,13 @@
 // place: it reads p, g and the moments once and writes p and the moments
 // once (28 bytes per float32 parameter for Adam, 20 for SGD with momentum),
 // where XLA:CPU emits three loops per leaf and moves 40. The arithmetic is
-// the plain path's, operation by operation, in float32, with the fused
-// multiply-adds that XLA:CPU itself uses (see Madd below);
-// the build passes -ffp-contract=off so that no other contraction happens.
+// the plain path's equations, operation by operation, in float32, with fused
+// multiply-adds where XLA:CPU usually contracts them (see Madd below); the
+// build passes -ffp-contract=off so that no other contraction happens. That
+// is not XLA's code, which changes with the instruction set it targets, the
+// chain and the jax version: what gradtx promises is a bound on the distance
+// to the plain step and to the float64 step (docs/fused.md, "Same numbers";
+// tests/test_fused.py), not the same bits.
 // Params and gradients are float32; each kind of moment (Adam's first and
 // second, the momentum) is kept in float32 or in bfloat16, widened on load
 // and rounded on store as XLA converts (see Bf16 below).
@@ -21,17 +25,11 @@
 // of at most kChunk elements, which the calling thread and the threads of
 // XLA's intra-op pool take one at a time.
 //
-// Two more handlers serve the clip's global norm (gradtx/clipping.py), so
-// that XLA compiles no lax.cond over every gradient leaf (NormImpl takes the
-// out-of-range branch) and no concatenation of thousands of small leaves
-// (GatherImpl copies them into the pieces the norm reduces).
-//
-// Built on first use by gradtx/fused.py with the system C++ compiler,
-// against the XLA FFI headers that jaxlib ships.
+// Built on first use by gradtx/fused/_build.py with the system C++
+// compiler, against the XLA FFI headers that jaxlib ships.
 
 #include <algorithm>
 #include <atomic>
-#include <cfloat>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -55,7 +53,7 @@ constexpr int64_t kSerialBelow = 1 << 16;  // smaller totals run on one thread
 constexpr int64_t kCoupledDecay = 1;    // g += coupled * p before the scaling
 constexpr int64_t kDecoupledDecay = 2;  // u += decoupled * p after it
 
-// Positions in the scalars buffer (gradtx/fused.py writes them).
+// Positions in the scalars buffer (gradtx/fused/_step.py writes them).
 enum AdamScalar {
   kAdamRescale, kAdamRatio, kAdamCoupled, kAdamB1, kAdamOneMinusB1, kAdamB2,
   kAdamOneMinusB2, kAdamInvC1, kAdamNesterovM, kAdamNesterovG, kAdamInvC2,
@@ -70,10 +68,12 @@ enum SgdScalar {
 // The equations, one element at a time. `step` is -learning_rate.
 //
 // XLA:CPU lets LLVM contract a product that feeds a sum into one fused
-// multiply-add wherever the target has the instruction, and LLVM picks the
-// left product of `a * b + c * d`. Madd(a, b, c) = a * b + c rounds as XLA
-// does for the same expression: once, with an FMA unit, twice without. The
-// rest is compiled with -ffp-contract=off, so no other contraction happens.
+// multiply-add wherever the target it compiles for has the instruction
+// (with XLA_FLAGS=--xla_cpu_max_isa=AVX it has none), and LLVM usually
+// picks the left product of `a * b + c * d`. Madd(a, b, c) = a * b + c
+// rounds once with an FMA unit, twice without; either way it is within the
+// bound. The rest is compiled with -ffp-contract=off, so no other
+// contraction happens.
 // The plain step (scale_by_adam) multiplies by the reciprocals of the bias
 // corrections, with constants folded into them (`m * ((1 / c') * b1)` for
 // Nesterov), so that XLA's simplifier has no division to rewrite; the kernels
@@ -115,9 +115,9 @@ inline void Store(Bf16& to, float x) {
 // the right one, omb * x, unless XLA has dropped the factor omb because it is
 // 1 (SGD without dampening), which leaves b * old the only product. Not
 // always: with clipping or coupled decay in the chain the plain step's two
-// loops may each contract differently (they compute the moment twice), so
-// for bfloat16 moments the promise is the plain step's value or its bfloat16
-// neighbour (tests/test_fused.py), not the same bits.
+// loops may each contract differently (they compute the moment twice), and
+// the stored bfloat16 moment may then be one bfloat16 place from the plain
+// step's (the bound allows it; tests/test_fused.py).
 template <typename T>
 inline float Ema(float b, float old, float omb, float x) {
   if (std::is_same_v<T, Bf16> && omb != 1.0f) return Madd(omb, x, b * old);
@@ -213,7 +213,6 @@ void DispatchStorage(bool bf16, F&& f) {
 // jax.vmap, row r of every leaf uses row r of the scalars).
 struct Span {
   int64_t leaf, row, begin, end;
-  int64_t index;  // position in the list of spans
 };
 
 std::vector<Span> MakeSpans(const std::vector<int64_t>& sizes, int64_t rows) {
@@ -223,9 +222,7 @@ std::vector<Span> MakeSpans(const std::vector<int64_t>& sizes, int64_t rows) {
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t row_end = (row + 1) * row_size;
       for (int64_t begin = row * row_size; begin < row_end; begin += kChunk) {
-        const int64_t index = static_cast<int64_t>(spans.size());
-        spans.push_back(
-            {leaf, row, begin, std::min(row_end, begin + kChunk), index});
+        spans.push_back({leaf, row, begin, std::min(row_end, begin + kChunk)});
       }
     }
   }
@@ -535,96 +532,6 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
   return ffi::Error::Success();
 }
 
-// The global norm of the gradients when the float32 sum of their squares
-// that XLA took first (`totals`, one per batch row) came out as inf or below
-// the smallest normal number: the out-of-range branch of
-// gradtx.clipping._scaled_norm. The squares are summed in float64, where no
-// float32 square overflows or underflows, and the norm is returned as
-// (root, scale) = (norm * c, c), c = `down` for an overflow and `up` for an
-// underflow, so that root stays finite. Rows in range are left to the caller
-// (it takes sqrt(total) itself); when no row is out of range, which is the
-// common case, the gradients are not read at all.
-ffi::Error NormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> totals,
-                    ffi::RemainingArgs args, ffi::ResultBuffer<ffi::F32> out,
-                    float down, float up) {
-  const int64_t rows = static_cast<int64_t>(totals.element_count());
-  if (rows == 0 || static_cast<int64_t>(out->element_count()) != 2 * rows) {
-    return Invalid("norm kernel called with the wrong shapes");
-  }
-  const float* total = totals.typed_data();
-  float* root_scale = out->typed_data();
-  std::vector<bool> redo(rows);
-  bool any = false;
-  for (int64_t r = 0; r < rows; ++r) {
-    redo[r] = total[r] == INFINITY || total[r] < FLT_MIN;
-    any = any || redo[r];
-    root_scale[2 * r] = 0.0f;
-    root_scale[2 * r + 1] = 1.0f;
-  }
-  if (!any) return ffi::Error::Success();
-  std::vector<const float*> data;
-  std::vector<int64_t> sizes;
-  int64_t count = 0;
-  for (int64_t k = 0; k < static_cast<int64_t>(args.size()); ++k) {
-    auto buffer = args.get<ffi::AnyBuffer>(k);
-    if (!buffer || buffer->element_type() != ffi::DataType::F32) {
-      return Invalid("the norm kernel takes float32 gradients");
-    }
-    sizes.push_back(static_cast<int64_t>(buffer->element_count()));
-    if (sizes.back() % rows != 0) return Invalid("a leaf does not split into rows");
-    data.push_back(static_cast<const float*>(buffer->untyped_data()));
-    count += sizes.back();
-  }
-  std::vector<Span> spans = MakeSpans(sizes, rows);
-  std::vector<double> partial(spans.size(), 0.0);
-  ParallelFor(pool, spans, count, [&](const Span& span) {
-    if (!redo[span.row]) return;
-    double sum = 0.0;
-    for (int64_t i = span.begin; i < span.end; ++i) {
-      const double x = data[span.leaf][i];
-      sum += x * x;
-    }
-    partial[span.index] = sum;
-  });
-  std::vector<double> squares(rows, 0.0);
-  for (const Span& span : spans) squares[span.row] += partial[span.index];
-  for (int64_t r = 0; r < rows; ++r) {
-    if (!redo[r]) continue;
-    const float c = total[r] == INFINITY ? down : up;
-    root_scale[2 * r] = static_cast<float>(std::sqrt(squares[r]) * c);
-    root_scale[2 * r + 1] = c;
-  }
-  return ffi::Error::Success();
-}
-
-// The arguments one after another, row by row under jax.vmap (`sizes` are
-// their per-row element counts): jnp.concatenate of 1-D float32 arrays.
-ffi::Error GatherImpl(ffi::RemainingArgs args, ffi::ResultBuffer<ffi::F32> out,
-                      ffi::Span<const int64_t> sizes) {
-  const int64_t n = static_cast<int64_t>(args.size());
-  if (n == 0 || static_cast<int64_t>(sizes.size()) != n) {
-    return Invalid("gather called with the wrong number of buffers");
-  }
-  int64_t row_size = 0;
-  for (int64_t k = 0; k < n; ++k) row_size += sizes[k];
-  const int64_t total = static_cast<int64_t>(out->element_count());
-  if (row_size == 0 || total % row_size != 0) return Invalid("gather sizes");
-  const int64_t rows = total / row_size;
-  std::vector<const float*> data(n);
-  for (int64_t k = 0; k < n; ++k) {
-    GRADTX_ASSIGN(x, InArg(args, k, rows * sizes[k], "a gathered array"));
-    data[k] = x;
-  }
-  float* dst = out->typed_data();
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t k = 0; k < n; ++k) {
-      std::memcpy(dst, data[k] + r * sizes[k], sizes[k] * sizeof(float));
-      dst += sizes[k];
-    }
-  }
-  return ffi::Error::Success();
-}
-
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxFusedAdam, AdamImpl,
@@ -649,18 +556,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxFusedSgd, SgdImpl,
                                   .Attr<bool>("clip")
                                   .Attr<bool>("momentum")
                                   .Attr<bool>("nesterov"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxScaledNorm, NormImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("down")
-                                  .Attr<float>("up"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GradtxGather, GatherImpl,
-                              ffi::Ffi::Bind()
-                                  .RemainingArgs()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("sizes"));

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint docs bench bench-quick clean
+.PHONY: demo test lint docs docs-serve bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ lint: $(VENV)/.installed-test
 docs: $(VENV)/.installed-docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules gradtx
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build
+
+# Builds the site and serves it at http://127.0.0.1:8000 until Ctrl-C; rerun
+# it to see edits. (Without --no-livereload every rebuild would set off the
+# next: the build hooks rewrite the generated pages inside docs/.)
+docs-serve: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --no-livereload --dev-addr 127.0.0.1:8000
 
 # The benchmark harness (benchmarks/README.md): gradtx next to optax and
 # torch.optim in one process. Both rewrite docs/benchmarks.md from the results.

@@ -33,7 +33,7 @@ from benchmarks.optimizers import (
 from benchmarks.trees import Tree, make_data
 
 COPY = "copy"
-LIBRARIES = (COPY, "gradtx", "gradtx-fused", "gradtx-flat", "optax", *TORCH_LIBRARIES)
+LIBRARIES = (COPY, *jax_libraries(), *TORCH_LIBRARIES)
 
 
 @dataclass(frozen=True)

@@ -71,12 +71,12 @@ def jax_libraries() -> dict[str, Callable[[str], tuple[Any, Callable]]]:
 
     import gradtx
 
-    return {
-        "gradtx": _plain(gradtx),
-        "gradtx-fused": _fused(),
-        "gradtx-flat": _fused(flat_moments=True),
-        "optax": _plain(optax),
-    }
+    libraries = {"gradtx": _plain(gradtx)}
+    if "fused_step" in gradtx.__all__:  # the fused annex is installed
+        libraries["gradtx-fused"] = _fused()
+        libraries["gradtx-flat"] = _fused(flat_moments=True)
+    libraries["optax"] = _plain(optax)
+    return libraries
 
 
 TORCH_LIBRARIES = ("torch-foreach", "torch-fused")

@@ -9,10 +9,13 @@ strengths for six ways of applying weight decay, several seeds each, with a
 cosine learning-rate schedule. Every grid is one `jax.vmap` over optimizers
 whose learning rate and decay live in their state (`inject_hyperparams`).
 
-Run `python examples/decay_study.py` (about 2-4 minutes on 2 CPU cores) or
-`--quick` (under a minute). Results go to runs/decay_study/: summary.json,
-heatmaps.png and shrinkage.png; a table of the best cell per variant is
-printed. `--docs` also writes docs/decay_study.md and its figures.
+`make demo` installs the example extras and runs this script. To run it
+again, `.venv/bin/python examples/decay_study.py` (about 2-4 minutes on 2 CPU
+cores), or with `--quick` (under a minute); in another environment, install
+the extras first with `pip install -e '.[examples]'`. Results go to
+runs/decay_study/: summary.json, heatmaps.png and shrinkage.png; a table of
+the best cell per variant is printed. `--docs` also writes
+docs/decay_study.md and its figures.
 """
 
 from __future__ import annotations

@@ -23,9 +23,11 @@ offset, chosen by `gradtx.masks.no_decay_for_biases_and_norms`, which reads
 the model's structure (paths and shapes), so it works on equinox modules as
 it does on dicts.
 
-Run it with `python examples/equinox_training.py` (about 5 seconds on 2
-CPU cores). It prints the optimizer and which leaves are decayed, then the
-training loss and test accuracy as training goes (about 0.99 at the end).
+Run it with `.venv/bin/python examples/equinox_training.py` once `make demo`
+has installed the example extras (elsewhere, `pip install -e '.[examples]'`
+first); it takes about 5 seconds on 2 CPU cores. It prints the optimizer
+and which leaves are decayed, then the training loss and test accuracy as
+training goes (about 0.99 at the end).
 """
 
 import argparse

@@ -23,10 +23,12 @@ biases and norms:
 
     chain(clip_by_global_norm(1.0), adamw(warmup_cosine, mask=no_decay...))
 
-Run it with `python examples/flax_training.py` (about 10 seconds on 2 CPU
-cores). It prints the optimizer, then the step, training loss, learning rate
-(read back with `gradtx.latest_learning_rate`), gradient norm before
-clipping and test accuracy; the learning rate climbs over the warmup and
+Run it with `.venv/bin/python examples/flax_training.py` once `make demo`
+has installed the example extras (elsewhere, `pip install -e '.[examples]'`
+first); it takes about 10 seconds on 2 CPU cores. It prints the optimizer,
+then the step, training loss, learning rate (read back with
+`gradtx.latest_learning_rate`), gradient norm before clipping and test
+accuracy; the learning rate climbs over the warmup and
 decays to zero, and the test accuracy ends near 0.99. (The first step has
 learning rate 0: the warmup starts from `init_value=0.0`.)
 """

@@ -26,8 +26,10 @@ forward and backward pass, which scales with the micro-batch, not with the
 effective batch. Pass `accumulator_dtype=jnp.float32` to sum bfloat16
 gradients in float32. The script prints the sizes.
 
-Run it with `python examples/gradient_accumulation.py` (about 10 seconds on
-2 CPU cores).
+Run it with `.venv/bin/python examples/gradient_accumulation.py` once
+`make demo` has installed the example extras (elsewhere,
+`pip install -e '.[examples]'` first); it takes about 10 seconds on 2 CPU
+cores.
 """
 
 import argparse

@@ -26,8 +26,10 @@ reaches (a dead ReLU unit), and 0 * inf gives NaN meta-gradients. A small
 `eps_root` inside the root (`gradtx.adam(..., eps_root=1e-8)`) keeps them
 finite. SGD has no root and needs nothing (`--optimizer sgd`).
 
-Run it with `python examples/meta_learning_rate.py` (about 10 seconds on 2
-CPU cores, most of it compiling). Starting from a learning rate far too
+Run it with `.venv/bin/python examples/meta_learning_rate.py` once
+`make demo` has installed the example extras (elsewhere,
+`pip install -e '.[examples]'` first); it takes about 10 seconds on 2 CPU
+cores, most of it compiling. Starting from a learning rate far too
 small (1e-4), it prints the learning rate, the validation loss and the
 meta-gradient at each meta-step, then checks the answer against a grid
 search over the same objective on held-out tasks. With Adam, 20 unrolled

@@ -1,8 +1,10 @@
 """A first training loop: a small MLP on scikit-learn's bundled digits, with AdamW.
 
-Run it with `make demo`, or `python examples/quickstart.py --steps 200`. It
-prints the optimizer it builds, then the training loss and test accuracy as
-training goes; the loss falls from about 2.3 to below 0.1.
+Run it with `.venv/bin/python examples/quickstart.py` once `make demo` has
+installed the example extras (elsewhere, `pip install -e '.[examples]'`
+first); `--steps 200` makes it shorter. It prints the optimizer it builds,
+then the training loss and test accuracy as training goes; the loss falls
+from about 2.3 to below 0.1.
 """
 
 import argparse

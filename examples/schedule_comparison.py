@@ -20,8 +20,10 @@ each run's schedule is tabulated in advance, and at every step each run
 writes its own entry into its state before the update. `jax.vmap` runs the
 six, `jax.lax.scan` the steps.
 
-Run it with `python examples/schedule_comparison.py` (about 15 seconds on 2
-CPU cores; `--peak-lr` overrides the finder's pick). It prints what the
+Run it with `.venv/bin/python examples/schedule_comparison.py` once
+`make demo` has installed the example extras (elsewhere,
+`pip install -e '.[examples]'` first); it takes about 15 seconds on 2 CPU
+cores, and `--peak-lr` overrides the finder's pick. It prints what the
 finder saw and picked, then a table of the final training loss (on the
 whole training set) and test accuracy per schedule, and writes two
 figures to `runs/schedule_comparison/` (`--out-dir` to change):

@@ -219,10 +219,14 @@ def test_schedule_equals_its_closed_form_at_every_step(case):
     got = np.asarray(jax.jit(jax.vmap(schedule))(jnp.asarray(ts, jnp.int32)))
     want = np.array([reference(int(t)) for t in ts])
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    # float32 round-off of a closed form whose terms (t / step_size, the
+    # cycle count) exceed its value: a few tens of ulps of the result where
+    # they cancel, and which of them XLA fuses into multiply-adds depends on
+    # the CPU's instruction set (seen: 20 ulps with AVX, none with AVX2).
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     # A plain Python int gives the same value as a traced int32.
     for t in (0, steps // 3, steps - 1):
-        np.testing.assert_allclose(float(schedule(t)), want[t], rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(float(schedule(t)), want[t], rtol=1e-5, atol=1e-7)
 
 
 def test_boundaries_are_exact():

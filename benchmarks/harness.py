@@ -33,7 +33,18 @@ from benchmarks.optimizers import (
 from benchmarks.trees import Tree, make_data
 
 COPY = "copy"
-LIBRARIES = (COPY, *jax_libraries(), *TORCH_LIBRARIES)
+# Every contender, in column order; LIBRARIES are those this install can run
+# (the fused ones need the gradtx.fused annex).
+ALL_LIBRARIES = (
+    COPY,
+    "gradtx",
+    "gradtx-fused",
+    "gradtx-flat",
+    "optax",
+    *TORCH_LIBRARIES,
+)
+_RUNNABLE = {COPY, *jax_libraries(), *TORCH_LIBRARIES}
+LIBRARIES = tuple(name for name in ALL_LIBRARIES if name in _RUNNABLE)
 
 
 @dataclass(frozen=True)

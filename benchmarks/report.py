@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import LIBRARIES
+from benchmarks.harness import ALL_LIBRARIES
 from benchmarks.optimizers import BYTES_PER_PARAM
 from benchmarks.trees import TREES, get_tree
 
@@ -46,7 +46,7 @@ def _order(row: dict[str, Any]) -> tuple[int, int, int]:
     return (
         rank(TREES, row["tree"]),
         rank(BYTES_PER_PARAM, row["optimizer"]),
-        rank(LIBRARIES, row["library"]),
+        rank(ALL_LIBRARIES, row["library"]),
     )
 
 

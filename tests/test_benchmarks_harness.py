@@ -16,6 +16,12 @@ from benchmarks import harness, report, trees  # noqa: E402
 from benchmarks.__main__ import main  # noqa: E402
 from benchmarks.optimizers import BYTES_PER_PARAM, TORCH_LIBRARIES  # noqa: E402
 
+# Without a C++ compiler the fused contenders run the plain step, and say so;
+# the harness is tested all the same.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:gradtx.fused_step:RuntimeWarning"),
+]
+
 TINY_TREE = trees.Tree("tiny", "three leaves", ((3,), (4, 5), (7,)))
 TINY = harness.Settings(rounds=2, warmup=1, sample_seconds=0.001)
 

@@ -120,6 +120,7 @@ NO_ANNEX = pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("fused", [False, pytest.param(True, marks=NO_ANNEX)])
+@pytest.mark.filterwarnings("ignore:gradtx.fused_step:RuntimeWarning")  # no compiler
 def test_clipped_step_needs_no_more_than_a_leaf_of_scratch(fused):
     # With params and state donated, the step needs no more than params,
     # grads and state: no copy of the clipped gradient, the small leaves

@@ -80,6 +80,12 @@ def check_in_range(
         raise ValueError(f"{fn}: {name} must be in {left}, {right}, got {got!r}")
 
 
+def check_real(fn: str, name: str, value: Any) -> None:
+    """Raise `TypeError` unless `value` is a real number or array (or traced)."""
+    if not isinstance(value, Tracer):
+        _real_values(fn, name, value)
+
+
 def _real_values(fn: str, name: str, value: Any) -> np.ndarray | None:
     """`value` as a float64 NumPy array, or a `TypeError` if it is not real."""
     dtype = getattr(value, "dtype", None)

@@ -10,6 +10,7 @@ improving. `latest_learning_rate` reads back the learning rate a chain used.
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
-from gradtx._checks import check_in_range
+from gradtx._checks import check_in_range, check_real
 from gradtx._pairs import accepting_extras
 from gradtx.base import (
     ArrayLike,
@@ -264,25 +265,7 @@ def inject_hyperparams(
 def _check_types(fn: str, values: dict[str, Any]) -> None:
     """Refuse what no numeric hyperparameter can be: bools, strings, complex."""
     for name, value in values.items():
-        if isinstance(value, Tracer):
-            continue
-        dtype = getattr(value, "dtype", None)
-        if isinstance(value, bool | np.bool_ | str | bytes) or (
-            dtype is not None
-            and not (
-                jnp.issubdtype(dtype, jnp.floating)
-                or jnp.issubdtype(dtype, jnp.integer)
-            )
-        ):
-            raise TypeError(
-                f"{fn}: {name} must be a real number or array, got "
-                f"{type(value).__name__} {value!r}"
-            )
-        if dtype is None and not isinstance(value, numbers.Real):
-            raise TypeError(
-                f"{fn}: {name} must be a real number or array, got "
-                f"{type(value).__name__} {value!r}"
-            )
+        check_real(fn, name, value)
 
 
 def _as_stored(value: Any, dtype: Any) -> Any:
@@ -354,15 +337,9 @@ def set_hyperparams(
     """
     fn = "set_hyperparams"
     _check_types(fn, values)
-    if tx is None:
+    if tx is None:  # no factory to ask: any finite real is a candidate
         for name, value in values.items():
-            if not isinstance(value, Tracer):
-                finite = np.isfinite(np.asarray(value, np.float64))
-                if not np.all(finite):
-                    raise ValueError(
-                        f"{fn}: {name} must be finite, got {value!r}; pass tx= "
-                        "to check it against the optimizer's own ranges"
-                    )
+            check_in_range(fn, name, value, -math.inf, low_open=True)
     else:
         for link in _injected_links(tx):
             mine = {k: v for k, v in values.items() if k in link.hyperparams}

@@ -55,6 +55,13 @@ def _paths(path: tuple[Any, ...]) -> list[str]:
     return [path_str(path)]
 
 
+def _matches(pattern: str | re.Pattern[str], path: str) -> bool:
+    """A regular expression matching the whole path, or a glob."""
+    if isinstance(pattern, re.Pattern):
+        return pattern.fullmatch(path) is not None
+    return fnmatch.fnmatchcase(path, pattern)
+
+
 class _PathMask:
     """The function `by_path` returns; its repr is the call that built it."""
 
@@ -62,13 +69,7 @@ class _PathMask:
         self.patterns = patterns
 
     def _matches(self, path: str) -> bool:
-        for pattern in self.patterns:
-            if isinstance(pattern, re.Pattern):
-                if pattern.fullmatch(path):
-                    return True
-            elif fnmatch.fnmatchcase(path, pattern):
-                return True
-        return False
+        return any(_matches(pattern, path) for pattern in self.patterns)
 
     def __call__(self, params: Params) -> Any:
         def select(path: tuple[Any, ...], leaf: Any) -> bool:
@@ -78,7 +79,7 @@ class _PathMask:
         leaves = jax.tree_util.tree_flatten_with_path(params)[0]
         paths = [q for path, leaf in leaves if _is_array(leaf) for q in _paths(path)]
         for pattern in self.patterns:
-            if not any(_PathMask((pattern,))._matches(q) for q in paths):
+            if not any(_matches(pattern, q) for q in paths):
                 shown = ", ".join(repr(q) for q in paths[:5])
                 raise ValueError(
                     f"by_path: the pattern {pattern!r} matches no array leaf of "

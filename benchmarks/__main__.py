@@ -16,7 +16,12 @@ import jax
 
 from benchmarks import harness, report
 from benchmarks.harness import LIBRARIES
-from benchmarks.optimizers import BYTES_PER_PARAM, DEFAULT_OPTIMIZERS
+from benchmarks.optimizers import (
+    BYTES_PER_PARAM,
+    DEFAULT_OPTIMIZERS,
+    FAMILY_LIBRARIES,
+    FAMILY_OPTIMIZERS,
+)
 from benchmarks.trees import DEFAULT_TREES, TREES, get_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="one-big with each optimizer and resnet50 with AdamW, short rounds",
     )
     p.add_argument(
+        "--families",
+        action="store_true",
+        help="the families beyond Adam, on resnet50 and gpt2-small, against "
+        "optax and torch-foreach",
+    )
+    p.add_argument(
         "--trees",
         type=_names,
         help=f"of {','.join(TREES)} (default {','.join(DEFAULT_TREES)})",
@@ -55,8 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--libraries",
         type=_names,
-        default=LIBRARIES,
-        help=f"of {','.join(LIBRARIES)} (default all)",
+        help=f"of {','.join(LIBRARIES)} (default all; with --families "
+        f"{','.join(FAMILY_LIBRARIES)})",
     )
     p.add_argument("--rounds", type=int, help="interleaved rounds (15; quick 5)")
     p.add_argument("--warmup", type=int, help="warm-up steps (3; quick 2)")
@@ -76,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for optimizer in args.optimizers or ():
         if optimizer not in BYTES_PER_PARAM:
             p.error(f"unknown optimizer {optimizer!r}")
+    if args.libraries is None:
+        chosen = FAMILY_LIBRARIES if args.families else LIBRARIES
+        args.libraries = tuple(name for name in chosen if name in LIBRARIES)
     for library in args.libraries:
         if library not in LIBRARIES:
             p.error(f"unknown library {library!r}")
@@ -83,8 +97,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def cases(args: argparse.Namespace) -> list[tuple[str, str]]:
-    if args.quick and not args.trees and not args.optimizers:
+    if args.quick and not args.trees and not args.optimizers and not args.families:
         return QUICK_CASES
+    if args.families:
+        trees = args.trees or ("resnet50", "gpt2-small")
+        return [(t, o) for t in trees for o in args.optimizers or FAMILY_OPTIMIZERS]
     trees = args.trees or DEFAULT_TREES
     return [(t, o) for t in trees for o in args.optimizers or DEFAULT_OPTIMIZERS]
 

@@ -29,6 +29,7 @@ from benchmarks.optimizers import (
     TORCH_LIBRARIES,
     jax_libraries,
     make_torch,
+    state_bytes,
 )
 from benchmarks.trees import Tree, make_data
 
@@ -90,6 +91,7 @@ class JaxStep:
         self.compiled = jitted.lower(params, state, grads).compile()
         self.compile_s: float | None = time.perf_counter() - t0
         self.params, self.state, self.grads = params, state, grads
+        self.state_bytes: int | None = state_bytes(state)
 
     def run(self, steps: int) -> None:
         params, state = self.params, self.state
@@ -116,6 +118,16 @@ class TorchStep:
         for p, k in zip(self.params, sorted(grads_np), strict=True):
             p.grad = torch.tensor(grads_np[k], device=self.device)
         self.optimizer, self.max_norm = make_torch(optimizer, self.params, impl)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the tensors in the optimizer's state (after a step)."""
+        return sum(
+            value.numel() * value.element_size()
+            for per_param in self.optimizer.state.values()
+            for value in per_param.values()
+            if isinstance(value, self.torch.Tensor)
+        )
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
@@ -163,8 +175,10 @@ def run_case(
     """Time every library on one tree and optimizer.
 
     Returns one row per library that ran: its median step time in ms, its
-    step time over optax's and over torch-fused's (the median of the ratios
-    of samples of the same round) and, for a JAX step, lower + compile time.
+    step time over optax's and over torch's (torch-fused's, or torch-foreach's
+    where torch has no fused form; the median of the ratios of samples of the
+    same round), for a JAX step its lower + compile time, and the megabytes
+    its optimizer state holds.
     A torch variant that torch rejects on this device is left out.
     """
     params_np, grads_np = make_data(tree)
@@ -204,9 +218,12 @@ def run_case(
         pairs = zip(samples[name], samples[other], strict=True)
         return round(statistics.median(a / b for a, b in pairs), 3)
 
+    # torch-fused where torch has it, else torch-foreach (the families).
+    torch_reference = "torch-fused" if "torch-fused" in samples else "torch-foreach"
     rows = []
     for name, step in steps.items():
         compile_s = None if name == COPY else step.compile_s
+        held = None if name == COPY else step.state_bytes
         rows.append(
             {
                 "tree": tree.name,
@@ -214,8 +231,9 @@ def run_case(
                 "library": name,
                 "ms": float(f"{statistics.median(samples[name]) * 1e3:.4g}"),
                 "vs_optax": ratio(name, "optax"),
-                "vs_torch": ratio(name, "torch-fused"),
+                "vs_torch": ratio(name, torch_reference),
                 "compile_s": None if compile_s is None else round(compile_s, 3),
+                "state_mb": None if held is None else round(held / 1e6, 3),
             }
         )
     del steps

@@ -20,6 +20,37 @@ BYTES_PER_PARAM = {"adamw": 28, "clip_adamw": 32, "sgd": 20, "adam": 28}
 BYTES_PER_PARAM["adamw_bf16"] = 24  # not in the default set; no torch side
 DEFAULT_OPTIMIZERS = ("adamw", "clip_adamw", "sgd", "adam")
 
+# The families beyond Adam (`--families`), each with the bytes per parameter
+# its step must move at the least, in float32: every per-parameter state
+# buffer is read and written once, p and g are read and p written. Per-leaf
+# or factored statistics (NovoGrad, Adafactor) are too small to count.
+FAMILY_BYTES = {
+    "amsgrad": 36,  # m, v, v_max
+    "adamax": 28,  # m, u
+    "adamaxw": 28,
+    "radam": 28,
+    "nadam": 28,
+    "nadamw": 28,
+    "adabelief": 28,  # m, s
+    "yogi": 28,
+    "adopt": 28,
+    "ademamix": 36,  # m1, m2, v
+    "novograd": 20,  # m; the second moment is one number per leaf
+    "lion": 20,  # m
+    "lamb": 28,
+    "lars": 20,  # the momentum buffer
+    "adafactor": 12,  # no momentum by default; factored second moment
+    "sign_sgd": 12,
+    "signum": 20,
+    "rprop": 28,  # the previous gradient and the per-element step size
+}
+FAMILY_OPTIMIZERS = tuple(FAMILY_BYTES)
+BYTES_PER_PARAM.update(FAMILY_BYTES)
+# optax keeps these in optax.contrib.
+_OPTAX_CONTRIB = ("adopt", "ademamix")
+# Decoupled weight decay where the optimizer takes one.
+_WITH_DECAY = ("adamaxw", "nadamw", "lion", "lamb")
+
 
 def _build(lib: Any, name: str) -> Any:
     """The optimizer `name` from gradtx or optax, whose aliases agree."""
@@ -36,6 +67,13 @@ def _build(lib: Any, name: str) -> Any:
         return lib.adam(LR, **adam)
     if name == "sgd":
         return lib.sgd(LR, momentum=MOMENTUM)
+    if name in FAMILY_BYTES:
+        # gradtx follows optax's signature and defaults for these names, so
+        # the same call builds the same optimizer in both.
+        contrib = name in _OPTAX_CONTRIB and hasattr(lib, "contrib")
+        where = lib.contrib if contrib else lib
+        decay = {"weight_decay": WEIGHT_DECAY} if name in _WITH_DECAY else {}
+        return getattr(where, name)(LR, **decay)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {BYTES_PER_PARAM}")
 
 
@@ -79,6 +117,11 @@ def jax_libraries() -> dict[str, Callable[[str], tuple[Any, Callable]]]:
     return libraries
 
 
+# The contenders a family optimizer is timed with: the fused step has no
+# kernel for these chains (it would time the plain step again).
+FAMILY_LIBRARIES = ("copy", "gradtx", "optax", "torch-foreach")
+
+
 TORCH_LIBRARIES = ("torch-foreach", "torch-fused")
 
 
@@ -99,8 +142,43 @@ def make_torch(name: str, params: list, impl: str) -> tuple[Any, float | None]:
         opt = torch.optim.Adam(params, LR, betas=(B1, B2), eps=EPS, **flag)
     elif name == "sgd":
         opt = torch.optim.SGD(params, LR, momentum=MOMENTUM, **flag)
+    elif name in _TORCH_FAMILIES:
+        if impl == "fused":
+            raise ValueError(f"torch.optim has no fused {name!r}")
+        opt = _TORCH_FAMILIES[name](torch.optim, params, flag)
     else:
         raise ValueError(
             f"torch.optim has no {name!r} (its state is the params' dtype)"
         )
     return opt, (MAX_NORM if name == "clip_adamw" else None)
+
+
+# torch.optim's own form of the families it has (its defaults where they
+# differ from optax's: the timing compares implementations of the same
+# method, and tests/ pins each numerical difference).
+_TORCH_FAMILIES = {
+    "amsgrad": lambda o, p, f: o.Adam(
+        p, LR, betas=(B1, B2), eps=EPS, amsgrad=True, **f
+    ),
+    "adamax": lambda o, p, f: o.Adamax(p, LR, betas=(B1, B2), eps=EPS, **f),
+    "radam": lambda o, p, f: o.RAdam(p, LR, betas=(B1, B2), eps=EPS, **f),
+    "nadam": lambda o, p, f: o.NAdam(p, LR, betas=(B1, B2), eps=EPS, **f),
+    "nadamw": lambda o, p, f: o.NAdam(
+        p,
+        LR,
+        betas=(B1, B2),
+        eps=EPS,
+        weight_decay=WEIGHT_DECAY,
+        decoupled_weight_decay=True,
+        **f,
+    ),
+    "adafactor": lambda o, p, f: o.Adafactor(p, LR, **f),
+    "rprop": lambda o, p, f: o.Rprop(p, LR, **f),
+}
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes held by a JAX optimizer state (every array leaf)."""
+    import jax
+
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(state))

@@ -64,9 +64,9 @@ def _ratio(value: float | None) -> str:
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """One line per row; tree and optimizer are named where they change."""
     lines = [
-        "| tree | optimizer | library | step (ms) | ÷ optax | ÷ torch-fused "
-        "| compile (s) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| tree | optimizer | library | step (ms) | ÷ optax | ÷ torch "
+        "| compile (s) | state (MB) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     last = None
     for row in sorted(rows, key=_order):
@@ -76,6 +76,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         cells = [tree, optimizer, row["library"], _ms(row["ms"])]
         cells += [_ratio(row["vs_optax"]), _ratio(row["vs_torch"])]
         cells.append("" if row["compile_s"] is None else f"{row['compile_s']:.2f}")
+        held = row.get("state_mb")  # absent from rows timed before it was kept
+        cells.append("" if held is None else f"{held:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -100,7 +102,9 @@ process.
 - `torch-foreach`, `torch-fused`: `torch.optim` built with `foreach=True` or
   `fused=True`, stepping in place on the same device (after
   `clip_grad_norm_` for clip + AdamW). torch.optim has no bfloat16 moments,
-  so `adamw_bf16` has no torch rows.
+  so `adamw_bf16` has no torch rows; for the families below it runs in its
+  own form (for example `Adam(amsgrad=True)`, `NAdam` with its momentum
+  decay, its `Adafactor`), and only where it has the method.
 - `copy`: a jitted, donated `x * a + b` over one buffer holding as many bytes
   as the step must read and write at the least (28 B per parameter for AdamW
   and Adam, 32 for clip + AdamW, 20 for SGD, 24 for AdamW with a bfloat16
@@ -108,19 +112,27 @@ process.
   buffer.
 
 Columns: **step** is the median over the rounds; **÷ optax** and **÷
-torch-fused** are the row's step time over optax's and torch-fused's, the
-median of the ratios of samples timed in the same round (the libraries run
-in interleaved rounds); below 1 is faster. **compile** is the wall time of
+torch** are the row's step time over optax's and torch's (torch-fused, or
+torch-foreach where torch has no fused form), the median of the ratios of
+samples timed in the same round (the libraries run in interleaved rounds);
+below 1 is faster. **compile** is the wall time of
 `jax.jit(step).lower(...).compile()` with the compilation cache off.
+**state** is the megabytes the optimizer state holds.
 
 Optimizers: AdamW, `clip_by_global_norm(1)` + AdamW (`clip_adamw`), SGD
 with momentum 0.9, Adam, and AdamW with a bfloat16 first moment
-(`adamw_bf16`), with the same hyperparameters in every library. Trees:
+(`adamw_bf16`), with the same hyperparameters in every library; and, with
+`--families`, each of the families beyond Adam (AMSGrad to Rprop, built by
+the same call in gradtx and optax, learning rate 1e-3, weight decay 1e-2
+where the optimizer decays decoupled, the libraries' defaults otherwise).
+Their `copy` row moves every per-parameter state buffer once. Trees:
 
 {trees}
 
 To measure: `make bench` (every default case; long on a CPU), `make
-bench-quick` (a few cases, fewer rounds), or `python -m benchmarks --help`.
+bench-quick` (a few cases, fewer rounds), `python -m benchmarks --families`
+(the families on ResNet-50 and GPT-2 small), or `python -m benchmarks
+--help`.
 A run replaces its own cases in `benchmarks/results/<device>.json` and
 rebuilds this page; `python -m benchmarks --report-only` rebuilds it alone.
 """

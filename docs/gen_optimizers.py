@@ -71,6 +71,97 @@ OPTIMIZERS = {
         "gradtx.adamw_independent(learning_rate=1e-3, weight_decay=1e-5)",
         "none in torch.optim or optax",
     ),
+    "amsgrad": (
+        "gradtx.amsgrad(learning_rate=1e-3)",
+        "`optax.amsgrad(lr, b1, b2, eps)`; `torch.optim.Adam(lr, betas=(b1, b2), eps, "
+        "amsgrad=True)` takes the maximum before the bias correction "
+        "(`max_before_correction=True` here)",
+    ),
+    "adamax": (
+        "gradtx.adamax(learning_rate=2e-3)",
+        "`optax.adamax(lr, b1, b2, eps)`; "
+        "`torch.optim.Adamax(lr, betas=(b1, b2), eps)`",
+    ),
+    "adamaxw": (
+        "gradtx.adamaxw(learning_rate=2e-3, weight_decay=1e-4)",
+        "`optax.adamaxw(lr, b1, b2, eps, weight_decay)`; none in torch.optim "
+        "(`Adamax(weight_decay=wd)` is coupled L2)",
+    ),
+    "radam": (
+        "gradtx.radam(learning_rate=1e-3)",
+        "`optax.radam(lr, b1, b2, eps, eps_root, threshold)`; "
+        "`torch.optim.RAdam(lr, betas=(b1, b2), eps)` divides eps by "
+        "sqrt(1 - b2**t) (`eps_before_correction=True` here)",
+    ),
+    "nadam": (
+        "gradtx.nadam(learning_rate=2e-3)",
+        "`optax.nadam(lr, b1, b2, eps)`; `torch.optim.NAdam(lr, betas=(b1, b2), eps, "
+        "momentum_decay=0.004)` is `nadam(lr, momentum_decay=0.004)` here",
+    ),
+    "nadamw": (
+        "gradtx.nadamw(learning_rate=2e-3, weight_decay=1e-4)",
+        "`optax.nadamw(lr, weight_decay=wd)`; `torch.optim.NAdam(lr, weight_decay=wd, "
+        "decoupled_weight_decay=True)` is `nadamw(lr, weight_decay=wd, "
+        "momentum_decay=0.004)` here",
+    ),
+    "adabelief": (
+        "gradtx.adabelief(learning_rate=1e-3)",
+        "`optax.adabelief(lr, b1, b2, eps, eps_root)`; none in torch.optim",
+    ),
+    "yogi": (
+        "gradtx.yogi(learning_rate=1e-2)",
+        "`optax.yogi(lr, b1, b2, eps)`; none in torch.optim",
+    ),
+    "adopt": (
+        "gradtx.adopt(learning_rate=1e-3)",
+        "`optax.contrib.adopt(lr, b1, b2, eps)`; none in torch.optim",
+    ),
+    "ademamix": (
+        "gradtx.ademamix(learning_rate=1e-3, weight_decay=1e-2)",
+        "`optax.contrib.ademamix(lr, b1, b2, b3, alpha, eps, eps_root, mu_dtype, "
+        "weight_decay)`; none in torch.optim",
+    ),
+    "sign_sgd": (
+        "gradtx.sign_sgd(learning_rate=1e-3)",
+        "`optax.sign_sgd(lr)`; none in torch.optim",
+    ),
+    "signum": (
+        "gradtx.signum(learning_rate=1e-3, beta=0.9)",
+        "`optax.signum(lr, beta, accumulator_dtype)`; none in torch.optim",
+    ),
+    "lion": (
+        "gradtx.lion(learning_rate=1e-4, weight_decay=1e-2)",
+        "`optax.lion(lr, b1, b2, mu_dtype, weight_decay, mask)`; none in torch.optim",
+    ),
+    "rprop": (
+        "gradtx.rprop(learning_rate=0.01)",
+        "`torch.optim.Rprop(lr, etas=(eta_minus, eta_plus), step_sizes=(min_step_size, "
+        "max_step_size))` is `rprop(..., clip_every_step=True)` here; "
+        "`optax.rprop(lr, eta_minus, eta_plus, min_step_size, max_step_size)` "
+        "computes the same steps but, in optax 0.2.8, returns each one a step late",
+    ),
+    "lamb": (
+        "gradtx.lamb(learning_rate=1e-3, weight_decay=1e-2)",
+        "`optax.lamb(lr, b1, b2, eps, eps_root, weight_decay, mask)`; none in "
+        "torch.optim",
+    ),
+    "lars": (
+        "gradtx.lars(learning_rate=0.1, weight_decay=1e-4, momentum=0.9)",
+        "`optax.lars(lr, weight_decay, weight_decay_mask, trust_coefficient, eps, "
+        "trust_ratio_mask, momentum, nesterov)`; none in torch.optim",
+    ),
+    "novograd": (
+        "gradtx.novograd(learning_rate=1e-2, weight_decay=1e-3)",
+        "`optax.novograd(lr, b1, b2, eps, eps_root, weight_decay)`; none in "
+        "torch.optim",
+    ),
+    "adafactor": (
+        "gradtx.adafactor(learning_rate=1e-2)",
+        "`optax.adafactor(learning_rate)` (same defaults and order); "
+        "`torch.optim.Adafactor(lr, beta2_decay=-b, eps=(e1, e2), d, weight_decay)` "
+        "is `adafactor(lr, decay_rate=b, eps=e1, min_scale=e2, clipping_threshold=d, "
+        'weight_decay_rate=wd, convention="torch")` here',
+    ),
 }
 
 
@@ -91,6 +182,26 @@ def equation_block(factory) -> str:
 def summary_line(factory) -> str:
     """The first line of a factory's docstring."""
     return (inspect.getdoc(factory) or "").splitlines()[0]
+
+
+def links(tx) -> list:
+    """The links of a chain in order, each name once.
+
+    A link that wraps another (the inner transformation of `masked`) is
+    followed by the one it wraps.
+    """
+    found = []
+
+    def visit(link):
+        if link.name not in [f.name for f in found]:
+            found.append(link)
+        for value in link.hyperparams.values():
+            if isinstance(value, gradtx.GradientTransformation) and value.name:
+                visit(value)
+
+    for link in tx.children:
+        visit(link)
+    return found
 
 
 def page(name: str, call: str, peers: str) -> str:
@@ -123,7 +234,7 @@ def page(name: str, call: str, peers: str) -> str:
         "parameters.",
         "",
     ]
-    for link in tx.children:
+    for link in links(tx):
         link_factory = getattr(gradtx, link.name)
         block = equation_block(link_factory)
         lines += [f"### `{link.name}`", "", summary_line(link_factory), ""]

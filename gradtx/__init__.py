@@ -9,17 +9,43 @@ import importlib.util
 from typing import Any
 
 from gradtx import masks as masks
+from gradtx.adam_variants import ScaleByAdamaxState as ScaleByAdamaxState
+from gradtx.adam_variants import ScaleByAmsgradState as ScaleByAmsgradState
+from gradtx.adam_variants import ScaleByNadamState as ScaleByNadamState
+from gradtx.adam_variants import ScaleByRadamState as ScaleByRadamState
+from gradtx.adam_variants import scale_by_adamax as scale_by_adamax
+from gradtx.adam_variants import scale_by_amsgrad as scale_by_amsgrad
+from gradtx.adam_variants import scale_by_nadam as scale_by_nadam
+from gradtx.adam_variants import scale_by_radam as scale_by_radam
+from gradtx.aliases import adabelief as adabelief
 from gradtx.aliases import adadelta as adadelta
+from gradtx.aliases import adafactor as adafactor
 from gradtx.aliases import adagrad as adagrad
 from gradtx.aliases import adam as adam
 from gradtx.aliases import adam_l2 as adam_l2
+from gradtx.aliases import adamax as adamax
+from gradtx.aliases import adamaxw as adamaxw
 from gradtx.aliases import adamw as adamw
 from gradtx.aliases import adamw_independent as adamw_independent
 from gradtx.aliases import adamw_multiplier as adamw_multiplier
+from gradtx.aliases import ademamix as ademamix
+from gradtx.aliases import adopt as adopt
+from gradtx.aliases import amsgrad as amsgrad
+from gradtx.aliases import lamb as lamb
+from gradtx.aliases import lars as lars
+from gradtx.aliases import lion as lion
+from gradtx.aliases import nadam as nadam
+from gradtx.aliases import nadamw as nadamw
+from gradtx.aliases import novograd as novograd
+from gradtx.aliases import radam as radam
 from gradtx.aliases import rmsprop as rmsprop
+from gradtx.aliases import rprop as rprop
 from gradtx.aliases import sgd as sgd
 from gradtx.aliases import sgd_l2 as sgd_l2
 from gradtx.aliases import sgdw as sgdw
+from gradtx.aliases import sign_sgd as sign_sgd
+from gradtx.aliases import signum as signum
+from gradtx.aliases import yogi as yogi
 from gradtx.base import EmptyState as EmptyState
 from gradtx.base import GradientTransformation as GradientTransformation
 from gradtx.base import apply_updates as apply_updates
@@ -30,19 +56,38 @@ from gradtx.base import set_to_zero as set_to_zero
 from gradtx.checkpoint import check_state as check_state
 from gradtx.checkpoint import restore_state as restore_state
 from gradtx.checkpoint import save_state as save_state
+from gradtx.clipping import adaptive_grad_clip as adaptive_grad_clip
 from gradtx.clipping import clip as clip
 from gradtx.clipping import clip_by_global_norm as clip_by_global_norm
 from gradtx.clipping import global_norm as global_norm
 from gradtx.decay import AddDecayedWeightsState as AddDecayedWeightsState
 from gradtx.decay import AddL1PenaltyState as AddL1PenaltyState
+from gradtx.decay import ProximalL1State as ProximalL1State
 from gradtx.decay import add_decayed_weights as add_decayed_weights
 from gradtx.decay import add_l1_penalty as add_l1_penalty
+from gradtx.decay import proximal_l1 as proximal_l1
+from gradtx.factored import ScaleByFactoredRmsState as ScaleByFactoredRmsState
+from gradtx.factored import ScaleByParamBlockRmsState as ScaleByParamBlockRmsState
+from gradtx.factored import clip_by_block_rms as clip_by_block_rms
+from gradtx.factored import scale_by_factored_rms as scale_by_factored_rms
+from gradtx.factored import scale_by_param_block_rms as scale_by_param_block_rms
 from gradtx.injection import InjectHyperparamsState as InjectHyperparamsState
 from gradtx.injection import ReduceOnPlateauState as ReduceOnPlateauState
 from gradtx.injection import inject_hyperparams as inject_hyperparams
 from gradtx.injection import latest_learning_rate as latest_learning_rate
 from gradtx.injection import reduce_on_plateau as reduce_on_plateau
 from gradtx.injection import set_hyperparams as set_hyperparams
+from gradtx.layerwise import ScaleByNovogradState as ScaleByNovogradState
+from gradtx.layerwise import scale_by_novograd as scale_by_novograd
+from gradtx.layerwise import scale_by_trust_ratio as scale_by_trust_ratio
+from gradtx.moments import ScaleByAdemamixState as ScaleByAdemamixState
+from gradtx.moments import ScaleByAdoptState as ScaleByAdoptState
+from gradtx.moments import ScaleByBeliefState as ScaleByBeliefState
+from gradtx.moments import ScaleByYogiState as ScaleByYogiState
+from gradtx.moments import scale_by_ademamix as scale_by_ademamix
+from gradtx.moments import scale_by_adopt as scale_by_adopt
+from gradtx.moments import scale_by_belief as scale_by_belief
+from gradtx.moments import scale_by_yogi as scale_by_yogi
 from gradtx.scaling import ScaleByAdadeltaState as ScaleByAdadeltaState
 from gradtx.scaling import ScaleByAdagradState as ScaleByAdagradState
 from gradtx.scaling import ScaleByAdamState as ScaleByAdamState
@@ -74,6 +119,11 @@ from gradtx.schedules import (
 )
 from gradtx.sharding import abstract_state as abstract_state
 from gradtx.sharding import state_shardings as state_shardings
+from gradtx.sign import ScaleByLionState as ScaleByLionState
+from gradtx.sign import ScaleByRpropState as ScaleByRpropState
+from gradtx.sign import scale_by_lion as scale_by_lion
+from gradtx.sign import scale_by_rprop as scale_by_rprop
+from gradtx.sign import scale_by_sign as scale_by_sign
 from gradtx.wrappers import AccumulateGradientsState as AccumulateGradientsState
 from gradtx.wrappers import ApplyIfFiniteState as ApplyIfFiniteState
 from gradtx.wrappers import MaskedState as MaskedState
@@ -110,30 +160,53 @@ __all__ = [
     "InjectHyperparamsState",
     "MaskedState",
     "MultiTransformState",
+    "ProximalL1State",
     "ReduceOnPlateauState",
     "ScaleByAdadeltaState",
     "ScaleByAdagradState",
     "ScaleByAdamState",
+    "ScaleByAdamaxState",
+    "ScaleByAdemamixState",
+    "ScaleByAdoptState",
+    "ScaleByAmsgradState",
+    "ScaleByBeliefState",
+    "ScaleByFactoredRmsState",
     "ScaleByLearningRateState",
+    "ScaleByLionState",
     "ScaleByMomentumState",
+    "ScaleByNadamState",
+    "ScaleByNovogradState",
+    "ScaleByParamBlockRmsState",
+    "ScaleByRadamState",
     "ScaleByRmsState",
+    "ScaleByRpropState",
     "ScaleByScheduleState",
+    "ScaleByYogiState",
     "abstract_state",
     "accumulate_gradients",
+    "adabelief",
     "adadelta",
+    "adafactor",
     "adagrad",
     "adam",
     "adam_l2",
+    "adamax",
+    "adamaxw",
     "adamw",
     "adamw_independent",
     "adamw_multiplier",
+    "adaptive_grad_clip",
     "add_decayed_weights",
     "add_l1_penalty",
+    "ademamix",
+    "adopt",
+    "amsgrad",
     "apply_if_finite",
     "apply_updates",
     "chain",
     "check_state",
     "clip",
+    "clip_by_block_rms",
     "clip_by_global_norm",
     "constant_schedule",
     "cosine_decay_schedule",
@@ -146,34 +219,61 @@ __all__ = [
     "inject_hyperparams",
     "inverse_sqrt_schedule",
     "join_schedules",
+    "lamb",
+    "lars",
     "latest_learning_rate",
     "linear_schedule",
+    "lion",
     "masked",
     "masks",
     "multi_transform",
+    "nadam",
+    "nadamw",
+    "novograd",
     "one_cycle_schedule",
     "piecewise_constant_schedule",
     "polynomial_schedule",
+    "proximal_l1",
+    "radam",
     "reduce_on_plateau",
     "restore_state",
     "rmsprop",
+    "rprop",
     "save_state",
     "scale",
     "scale_by_adadelta",
     "scale_by_adagrad",
     "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_ademamix",
+    "scale_by_adopt",
+    "scale_by_amsgrad",
+    "scale_by_belief",
+    "scale_by_factored_rms",
     "scale_by_learning_rate",
+    "scale_by_lion",
     "scale_by_momentum",
+    "scale_by_nadam",
+    "scale_by_novograd",
+    "scale_by_param_block_rms",
+    "scale_by_radam",
     "scale_by_rms",
+    "scale_by_rprop",
     "scale_by_schedule",
+    "scale_by_sign",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
     "set_hyperparams",
     "set_to_zero",
     "sgd",
     "sgd_l2",
     "sgdr_schedule",
     "sgdw",
+    "sign_sgd",
+    "signum",
     "state_shardings",
     "warmup_cosine_decay_schedule",
+    "yogi",
 ]
 if _HAS_ANNEX:
     __all__ += ["FusedStep", "fused", "fused_step"]

@@ -1,16 +1,46 @@
-"""The classic optimizers, each one chain of transformations.
+"""The optimizers, each one chain of transformations.
 
 Every alias returns a plain `chain`, so `print(optimizer)` shows the links it
-is made of, and the equations live on those links.
+is made of, and the equations live on those links. The seeds' optimizers come
+first, then one section per family, whose links live in the module the
+section names.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gradtx._checks import check_flag, check_in_range
-from gradtx.base import ArrayLike, GradientTransformation, ScalarOrSchedule, chain
+import jax.numpy as jnp
+
+from gradtx._checks import check_count, check_dtype, check_flag, check_in_range
+from gradtx.adam_variants import (
+    scale_by_adamax,
+    scale_by_amsgrad,
+    scale_by_nadam,
+    scale_by_radam,
+)
+from gradtx.base import (
+    ArrayLike,
+    GradientTransformation,
+    ScalarOrSchedule,
+    chain,
+    value_at,
+)
 from gradtx.decay import Mask, add_decayed_weights
+from gradtx.factored import (
+    clip_by_block_rms,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
+from gradtx.layerwise import scale_by_novograd, scale_by_trust_ratio
+from gradtx.moments import (
+    ClipValueFn,
+    fourth_root_of_count,
+    scale_by_ademamix,
+    scale_by_adopt,
+    scale_by_belief,
+    scale_by_yogi,
+)
 from gradtx.scaling import (
     scale,
     scale_by_adadelta,
@@ -21,6 +51,8 @@ from gradtx.scaling import (
     scale_by_rms,
     scale_by_schedule,
 )
+from gradtx.sign import scale_by_lion, scale_by_rprop, scale_by_sign
+from gradtx.wrappers import masked
 
 
 def _momentum_links(
@@ -592,5 +624,1172 @@ def sgdw(
     return chain(
         *_momentum_links("sgdw", momentum, nesterov),
         add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# Adam's variants: AMSGrad, Adamax, RAdam, NAdam (links in gradtx/adam_variants.py)
+
+
+def amsgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    *,
+    max_before_correction: bool = False,
+) -> GradientTransformation:
+    """AMSGrad: Adam that never lets its denominator shrink.
+
+    Chain: scale_by_amsgrad -> scale_by_learning_rate. The positional order
+    and defaults are optax's; `max_before_correction=True` gives
+    `torch.optim.Adam(amsgrad=True)`.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        bias_correction_mu: Divide the first moment by 1 - b1**t.
+        bias_correction_nu: Divide the second moment by 1 - b2**t.
+        max_before_correction: Take the maximum over the raw second moment,
+            as torch does.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_amsgrad`.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.amsgrad(1e-3)
+        >>> [link.name for link in tx.children]
+        ['scale_by_amsgrad', 'scale_by_learning_rate']
+    """
+    return chain(
+        scale_by_amsgrad(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            bias_correction_mu=bias_correction_mu,
+            bias_correction_nu=bias_correction_nu,
+            max_before_correction=max_before_correction,
+        ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamax(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    *,
+    mu_dtype: Any = None,
+) -> GradientTransformation:
+    """Adamax, with no weight decay.
+
+    Chain: scale_by_adamax -> scale_by_learning_rate. optax's positional
+    order; the same numbers as `optax.adamax` and `torch.optim.Adamax`
+    (`betas=(b1, b2)`). torch's `Adamax(weight_decay=wd)` is coupled L2:
+    `chain(add_decayed_weights(wd), scale_by_adamax(), scale_by_learning_rate(lr))`.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: Decay of the infinity norm, in [0, 1).
+        eps: Added to |g| inside the maximum, in [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_adamax`.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.adamax(2e-3)
+        >>> [link.name for link in tx.children]
+        ['scale_by_adamax', 'scale_by_learning_rate']
+    """
+    return chain(
+        scale_by_adamax(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamaxw(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Mask = None,
+    *,
+    mu_dtype: Any = None,
+) -> GradientTransformation:
+    """Adamax with decoupled weight decay.
+
+    Chain: scale_by_adamax -> add_decayed_weights -> scale_by_learning_rate,
+    so each step is `p -= lr * (adamax_step + wd * p)`. optax's positional
+    order and defaults; torch.optim has no decoupled Adamax.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: Decay of the infinity norm, in [0, 1).
+        eps: Added to |g| inside the maximum, in [0, inf).
+        weight_decay: Decay rate per unit of learning rate, a number in
+            [0, inf) or a schedule.
+        mask: Leaves to decay, as in `add_decayed_weights`.
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.adamaxw(2e-3, weight_decay=1e-2)
+        >>> [link.name for link in tx.children]
+        ['scale_by_adamax', 'add_decayed_weights', 'scale_by_learning_rate']
+    """
+    return chain(
+        scale_by_adamax(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def radam(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    threshold: ArrayLike = 5.0,
+    *,
+    nesterov: bool = False,
+    eps_before_correction: bool = False,
+    mu_dtype: Any = None,
+) -> GradientTransformation:
+    """Rectified Adam, with no weight decay.
+
+    Chain: scale_by_radam -> scale_by_learning_rate. optax's positional
+    order and defaults; `eps_before_correction=True` gives
+    `torch.optim.RAdam`. torch's `RAdam(weight_decay=wd)` is coupled L2
+    (`add_decayed_weights(wd)` first in the chain) and
+    `RAdam(weight_decay=wd, decoupled_weight_decay=True)` is decoupled
+    (`add_decayed_weights(wd)` just before `scale_by_learning_rate`).
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        threshold: Smallest rho_t with a rectified step, in [4, inf].
+        nesterov: Use the Nesterov form of the first moment.
+        eps_before_correction: Divide eps by sqrt(1 - b2**t), as torch does.
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_radam`.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.radam(1e-3)
+        >>> [link.name for link in tx.children]
+        ['scale_by_radam', 'scale_by_learning_rate']
+    """
+    return chain(
+        scale_by_radam(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            threshold=threshold,
+            nesterov=nesterov,
+            eps_before_correction=eps_before_correction,
+            mu_dtype=mu_dtype,
+        ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def _nadam_link(
+    b1: ArrayLike,
+    b2: ArrayLike,
+    eps: ArrayLike,
+    eps_root: ArrayLike,
+    mu_dtype: Any,
+    momentum_decay: ArrayLike | None,
+) -> GradientTransformation:
+    if momentum_decay is None:
+        return scale_by_adam(
+            b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=True
+        )
+    return scale_by_nadam(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        momentum_decay=momentum_decay,
+    )
+
+
+def nadam(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    *,
+    momentum_decay: ArrayLike | None = None,
+) -> GradientTransformation:
+    """NAdam: Adam with Nesterov momentum, in optax's form or torch's.
+
+    Chain: scale_by_adam(nesterov=True) -> scale_by_learning_rate, which is
+    `optax.nadam`; given `momentum_decay` (torch's default is 0.004) the
+    first link is scale_by_nadam instead, which is `torch.optim.NAdam`.
+    torch's `NAdam(weight_decay=wd)` is coupled L2 (`add_decayed_weights(wd)`
+    first in the chain); `NAdam(weight_decay=wd, decoupled_weight_decay=True)`
+    is `nadamw`.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        momentum_decay: None for optax's NAdam; a number in [0, inf) for
+            torch's momentum schedule with that psi.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_adam` or `scale_by_nadam`.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> [link.name for link in gradtx.nadam(2e-3).children]
+        ['scale_by_adam', 'scale_by_learning_rate']
+        >>> tx = gradtx.nadam(2e-3, momentum_decay=0.004)
+        >>> [link.name for link in tx.children]
+        ['scale_by_nadam', 'scale_by_learning_rate']
+    """
+    return chain(
+        _nadam_link(b1, b2, eps, eps_root, mu_dtype, momentum_decay),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def nadamw(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Mask = None,
+    *,
+    momentum_decay: ArrayLike | None = None,
+) -> GradientTransformation:
+    """NAdam with decoupled weight decay.
+
+    Chain: scale_by_adam(nesterov=True) -> add_decayed_weights ->
+    scale_by_learning_rate, which is `optax.nadamw`; given `momentum_decay`
+    the first link is scale_by_nadam, which is `torch.optim.NAdam(...,
+    decoupled_weight_decay=True)`. Each step is `p -= lr * (nadam_step + wd
+    * p)`.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        weight_decay: Decay rate per unit of learning rate, a number in
+            [0, inf) or a schedule.
+        mask: Leaves to decay, as in `add_decayed_weights`.
+        momentum_decay: None for optax's NAdam; a number in [0, inf) for
+            torch's momentum schedule with that psi.
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.nadamw(2e-3, weight_decay=1e-2, momentum_decay=4e-3)
+        >>> [link.name for link in tx.children]
+        ['scale_by_nadam', 'add_decayed_weights', 'scale_by_learning_rate']
+    """
+    return chain(
+        _nadam_link(b1, b2, eps, eps_root, mu_dtype, momentum_decay),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# other moment estimators: AdaBelief, Yogi, ADOPT, AdEMAMix (links in gradtx/moments.py)
+
+
+def adabelief(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-16,
+    eps_root: ArrayLike = 1e-16,
+    *,
+    nesterov: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    """AdaBelief, with optax's signature and defaults.
+
+    Chain: scale_by_belief -> scale_by_learning_rate. The positional order
+    is optax's (`learning_rate, b1, b2, eps, eps_root`); the rest is
+    keyword-only. torch.optim has no AdaBelief.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the squared deviation, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added to the second moment at each step, in [0, inf).
+        nesterov: Use the Nesterov form of the first moment.
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_belief`.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.adabelief(learning_rate=1e-3)
+        >>> [link.name for link in tx.children]
+        ['scale_by_belief', 'scale_by_learning_rate']
+    """
+    return chain(
+        scale_by_belief(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            nesterov=nesterov,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+        ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def yogi(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-3,
+    *,
+    eps_root: ArrayLike = 0.0,
+    initial_accumulator_value: ArrayLike = 1e-6,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    """Yogi, with optax's signature and defaults.
+
+    Chain: scale_by_yogi -> scale_by_learning_rate. The positional order is
+    optax's (`learning_rate, b1, b2, eps`); the arguments optax's `yogi`
+    does not take are keyword-only. torch.optim has no Yogi.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: Rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        initial_accumulator_value: Starting value of both moments, in
+            [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_yogi`.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.yogi(learning_rate=1e-2)
+        >>> [link.name for link in tx.children]
+        ['scale_by_yogi', 'scale_by_learning_rate']
+    """
+    return chain(
+        scale_by_yogi(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            initial_accumulator_value=initial_accumulator_value,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+        ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adopt(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.9999,
+    eps: ArrayLike = 1e-6,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: ClipValueFn = fourth_root_of_count,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    """ADOPT, with optax's (`optax.contrib.adopt`) signature and defaults.
+
+    Chain: scale_by_adopt -> scale_by_learning_rate. The first step does
+    not move the parameters: it only measures the second moment. Like
+    optax's, it has no weight decay; chain `add_decayed_weights` before
+    `scale_by_learning_rate` for a decoupled one. torch.optim has no ADOPT.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Floor of the root of the second moment, in [0, inf).
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nesterov: Use the Nesterov form of the output.
+        use_clipping: Clip the normalised gradient to [-c_k, c_k].
+        clip_value_fn: The bound c_k as a function of the step count k;
+            passed through `inject_hyperparams` unchanged.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_adopt`.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.adopt(learning_rate=1e-3)
+        >>> [link.name for link in tx.children]
+        ['scale_by_adopt', 'scale_by_learning_rate']
+    """
+    return chain(
+        scale_by_adopt(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            mu_dtype=mu_dtype,
+            nesterov=nesterov,
+            use_clipping=use_clipping,
+            clip_value_fn=clip_value_fn,
+            nu_dtype=nu_dtype,
+        ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def ademamix(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    b3: ScalarOrSchedule = 0.9999,
+    alpha: ScalarOrSchedule = 5.0,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Mask = None,
+    *,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    """AdEMAMix with decoupled weight decay, with optax's signature and defaults.
+
+    Chain: scale_by_ademamix -> add_decayed_weights -> scale_by_learning_rate,
+    so each step is `p -= lr * (ademamix_step + weight_decay * p)`, the
+    decay multiplied by the full learning rate as in `adamw`. The positional
+    order and defaults are `optax.contrib.ademamix`'s, whose `alpha` default
+    (5.0) differs from its `scale_by_ademamix`'s (6.0); both are kept.
+    torch.optim has no AdEMAMix.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the fast first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        b3: EMA rate of the slow first moment, in [0, 1), or a schedule.
+        alpha: Weight of the slow average, in [0, inf), or a schedule.
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        mu_dtype: Dtype of both first moments; None keeps the params' dtype.
+        weight_decay: Decay rate per unit of learning rate, in [0, inf), or a
+            schedule.
+        mask: Leaves to decay, as in `add_decayed_weights`.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.ademamix(learning_rate=1e-3, weight_decay=1e-2)
+        >>> [link.name for link in tx.children]
+        ['scale_by_ademamix', 'add_decayed_weights', 'scale_by_learning_rate']
+    """
+    return chain(
+        scale_by_ademamix(
+            b1=b1,
+            b2=b2,
+            b3=b3,
+            alpha=alpha,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+        ),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# sign methods: signSGD, Signum, Lion, Rprop (links in gradtx/sign.py)
+
+
+def sign_sgd(learning_rate: ScalarOrSchedule) -> GradientTransformation:
+    """signSGD: step every coordinate by the learning rate against its sign.
+
+    Chain: scale_by_sign -> scale_by_learning_rate, so each step is
+    `p -= lr * sign(g)`, as optax.sign_sgd. torch.optim has no signSGD.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+
+    Returns:
+        A `chain`; the equation is on `scale_by_sign`.
+
+    Raises:
+        ValueError: If `learning_rate` is a negative number.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.sign_sgd(0.1)
+        >>> [link.name for link in tx.children]
+        ['scale_by_sign', 'scale_by_learning_rate']
+        >>> tx.update(jnp.array([3.0, -1e-3]), tx.init(jnp.zeros(2)))[0]
+        Array([-0.1,  0.1], dtype=float32)
+
+    References:
+        Bernstein et al., "signSGD: Compressed Optimisation for Non-Convex
+        Problems", ICML 2018.
+    """
+    return chain(scale_by_sign(), scale_by_learning_rate(learning_rate))
+
+
+def signum(
+    learning_rate: ScalarOrSchedule,
+    beta: ArrayLike = 0.9,
+    accumulator_dtype: Any = None,
+) -> GradientTransformation:
+    """Signum: signSGD on an exponential moving average of the gradient.
+
+    Each step is `m = beta * m + (1 - beta) * g` and `p -= lr * sign(m)`, as
+    optax.signum (the average is not bias-corrected: a positive factor does
+    not change a sign). That is Lion with both rates equal, since then
+    Lion's direction `b1 * m_{t-1} + (1 - b1) * g_t` is the new average
+    itself. Chain: scale_by_lion(b1=beta, b2=beta) -> scale_by_learning_rate.
+    torch.optim has no Signum.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        beta: EMA rate of the gradient, in [0, 1).
+        accumulator_dtype: Dtype of the average (optax's name for it; it is
+            `mu_dtype` of `scale_by_lion`); None keeps each param's dtype.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_lion`.
+
+    Raises:
+        ValueError: If a hyperparameter is a number outside its range or
+            `accumulator_dtype` is not a floating-point dtype.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.signum(0.01, beta=0.9)
+        >>> [link.name for link in tx.children]
+        ['scale_by_lion', 'scale_by_learning_rate']
+        >>> state = tx.init(jnp.zeros(1))
+        >>> for g in (1.0, -2.0, -20.0):  # averages 0.1, -0.11, -2.099
+        ...     u, state = tx.update(jnp.array([g]), state)
+        ...     print(round(float(u[0]), 4))
+        -0.01
+        0.01
+        0.01
+
+    References:
+        Bernstein et al., "signSGD: Compressed Optimisation for Non-Convex
+        Problems", ICML 2018.
+    """
+    check_in_range("signum", "beta", beta, 0.0, 1.0, high_open=True)
+    accumulator_dtype = check_dtype("signum", "accumulator_dtype", accumulator_dtype)
+    return chain(
+        scale_by_lion(b1=beta, b2=beta, mu_dtype=accumulator_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def lion(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.99,
+    mu_dtype: Any = None,
+    weight_decay: ScalarOrSchedule = 1e-3,
+    mask: Mask = None,
+) -> GradientTransformation:
+    """Lion with decoupled weight decay.
+
+    Chain: scale_by_lion -> add_decayed_weights -> scale_by_learning_rate, so
+    each step is `p -= lr * (sign(c) + wd * p)`, as optax.lion, whose
+    positional order and defaults these are. The update has norm about
+    sqrt(n) whatever the gradient's, so Lion wants a learning rate a few
+    times smaller than AdamW's and a weight decay as many times larger.
+
+    Coupled decay (the L2 gradient goes into the momentum and the sign, so
+    a coordinate never moves by more than lr) is the same links in another
+    order::
+
+        gradtx.chain(
+            gradtx.add_decayed_weights(weight_decay),
+            gradtx.scale_by_lion(b1, b2),
+            gradtx.scale_by_learning_rate(learning_rate),
+        )
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: Weight of the momentum in the step's direction, in [0, 1].
+        b2: EMA rate of the momentum, in [0, 1).
+        mu_dtype: Dtype of the momentum; None keeps each param's dtype.
+        weight_decay: Decay rate per unit of learning rate, in [0, inf), or
+            a schedule.
+        mask: Leaves to decay, as in `add_decayed_weights`.
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        ValueError: If a hyperparameter is a number outside its range.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.lion(1e-4, weight_decay=1e-2)
+        >>> [link.name for link in tx.children]
+        ['scale_by_lion', 'add_decayed_weights', 'scale_by_learning_rate']
+        >>> params = jnp.array([1.0, -2.0])
+        >>> u, _ = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
+        >>> [round(float(x), 8) for x in u]  # -lr * (sign(c) + wd * p)
+        [-0.000101, -9.8e-05]
+
+    References:
+        Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS
+        2023.
+    """
+    return chain(
+        scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def rprop(
+    learning_rate: ArrayLike,
+    eta_minus: ArrayLike = 0.5,
+    eta_plus: ArrayLike = 1.2,
+    min_step_size: ArrayLike = 1e-6,
+    max_step_size: ArrayLike = 50.0,
+    *,
+    clip_every_step: bool = False,
+) -> GradientTransformation:
+    """Rprop: resilient backpropagation, one adaptive step size per coordinate.
+
+    Chain: scale_by_rprop -> scale(-1.0): each coordinate moves by its own
+    step size against the sign of its gradient. The positional order and the
+    defaults are optax.rprop's; `rprop(0.01, clip_every_step=True)` is
+    torch.optim.Rprop with its defaults (torch clips the step size at every
+    step, which differs only when `learning_rate` lies outside the bounds).
+    optax 0.2.8 emits each step one step late (see `scale_by_rprop`); this
+    does not.
+
+    Args:
+        learning_rate: Initial step size of every coordinate, in [0, inf).
+        eta_minus: Factor that shrinks a step size after a sign flip, in
+            (0, 1].
+        eta_plus: Factor that grows a step size while the sign holds, in
+            [1, inf).
+        min_step_size: Smallest step size, in [0, inf).
+        max_step_size: Largest step size, in [min_step_size, inf].
+        clip_every_step: Clip the step size at every step, as torch does.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_rprop`.
+
+    Raises:
+        TypeError: If `learning_rate` is a function.
+        ValueError: If a hyperparameter is a number outside its range.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.rprop(0.01)
+        >>> [link.name for link in tx.children]
+        ['scale_by_rprop', 'scale']
+        >>> tx.update(jnp.array([3.0, -1e-3]), tx.init(jnp.zeros(2)))[0]
+        Array([-0.01,  0.01], dtype=float32)
+
+    References:
+        Riedmiller and Braun, "A direct adaptive method for faster
+        backpropagation learning: the RPROP algorithm", ICNN 1993.
+    """
+    return chain(
+        scale_by_rprop(
+            learning_rate,
+            eta_minus=eta_minus,
+            eta_plus=eta_plus,
+            min_step_size=min_step_size,
+            max_step_size=max_step_size,
+            clip_every_step=clip_every_step,
+        ),
+        scale(-1.0),
+    )
+
+
+# ----------------------------------------------------------------------------
+# Adafactor (links in gradtx/factored.py)
+
+_ADAFACTOR_CONVENTIONS = ("optax", "torch")
+
+
+def _times(rate: ScalarOrSchedule, coefficient: ScalarOrSchedule) -> Any:
+    """`rate * coefficient`, a schedule if either is one."""
+    if not callable(rate) and not callable(coefficient):
+        return rate * coefficient
+
+    def product(count):
+        return value_at(rate, count) * value_at(coefficient, count)
+
+    return product
+
+
+def adafactor(
+    learning_rate: ScalarOrSchedule | None = None,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: ArrayLike = 0.8,
+    decay_offset: ArrayLike = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: ArrayLike | None = 1.0,
+    momentum: ArrayLike | None = None,
+    dtype_momentum: Any = jnp.float32,
+    weight_decay_rate: ScalarOrSchedule | None = None,
+    eps: ArrayLike | None = None,
+    factored: bool = True,
+    weight_decay_mask: Mask = None,
+    *,
+    min_scale: ArrayLike = 1e-3,
+    convention: str = "optax",
+) -> GradientTransformation:
+    """Adafactor: a factored second moment, clipped steps relative to the params.
+
+    Chain (optax's, the default): scale_by_factored_rms -> [clip_by_block_rms]
+    -> [scale(learning_rate), or scale_by_schedule for a schedule] ->
+    [scale_by_param_block_rms] -> [scale_by_momentum, an EMA] ->
+    [add_decayed_weights] -> scale(-1). The learning rate multiplies the
+    clipped step before the parameter scale, the momentum and the weight
+    decay, so the decay is independent of the learning rate:
+    `p -= lr * rms(p) * clipped_step + weight_decay_rate * p`. With no
+    learning rate the step is not scaled at all (as in optax).
+
+    The signature, defaults and positional order are optax.adafactor's;
+    `min_scale` and `convention` are keyword-only additions.
+
+    `convention="torch"` gives torch.optim.Adafactor. Chain:
+    scale_by_factored_rms(factor_last_axes=True, epsilon_as_floor=True) ->
+    [clip_by_block_rms] -> scale_by_param_block_rms(max_relative_step=lr) ->
+    [add_decayed_weights(lr * weight_decay_rate)] -> scale(-1). Against the
+    optax convention:
+
+    - the learning rate caps the relative step, `rho_t = min(lr, 1/sqrt(t))`
+      (None: torch's default 0.01), instead of multiplying the step;
+    - every leaf of two or more axes is factored over its last two axes,
+      whatever their sizes (optax: the two largest, both at least
+      `min_dim_size_to_factor`, which must stay at its default here);
+    - `eps` floors the divisors instead of being added to the squared
+      gradients (None: the machine epsilon of the params' dtype, torch's
+      `eps=(None, ...)`; the optax convention's None is 1e-30);
+    - the weight decay is multiplied by the learning rate,
+      `p -= lr * weight_decay_rate * p`, as torch's `weight_decay`.
+
+    The rest maps one to one: torch's `beta2_decay` is `-decay_rate`, `d` is
+    `clipping_threshold`, `eps=(eps1, eps2)` is `eps=eps1, min_scale=eps2`.
+
+    Args:
+        learning_rate: A number in [0, inf) or a schedule; None for none
+            (optax) or 0.01 (torch convention).
+        min_dim_size_to_factor: Factor a leaf only if its two largest axes
+            both have at least this many elements, in [0, inf).
+        decay_rate: Exponent of the second moment's decay schedule
+            `beta_t = 1 - t**(-decay_rate)`, in [0, inf).
+        decay_offset: Steps before that schedule starts, in [0, inf).
+        multiply_by_parameter_scale: Multiply the step by the root mean
+            square of each parameter (at least `min_scale`).
+        clipping_threshold: Largest root mean square of a leaf's step
+            before the learning rate, in [1, inf]; None for no clipping.
+        momentum: EMA rate of the steps, in [0, 1), or None for none.
+        dtype_momentum: Dtype of the momentum buffer.
+        weight_decay_rate: Decay rate, a number in [0, inf) or a schedule;
+            None for none.
+        eps: In [0, inf): added to the squared gradients (optax) or the
+            floor of the divisors (torch). None: the convention's default.
+        factored: Factor the second moment at all.
+        weight_decay_mask: Leaves to decay, as in `add_decayed_weights`.
+        min_scale: Floor of the parameter scale, in [0, inf).
+        convention: "optax" or "torch", as above.
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range, `convention` is
+            unknown, or the torch convention is given a
+            `min_dim_size_to_factor` or no parameter scale.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.adafactor(learning_rate=1e-2)
+        >>> for link in tx.children:
+        ...     print(link.name)
+        scale_by_factored_rms
+        clip_by_block_rms
+        scale
+        scale_by_param_block_rms
+        scale
+        >>> params = {"w": jnp.array([[1.0, -2.0], [0.5, 1.0]])}
+        >>> u, _ = tx.update({"w": jnp.ones((2, 2))}, tx.init(params), params)
+        >>> round(float(u["w"][0, 0]), 5)  # -lr * rms(w) * sign(g)
+        -0.0125
+        >>> torch_form = gradtx.adafactor(1e-2, convention="torch")
+        >>> [link.name for link in torch_form.children][1:]
+        ['clip_by_block_rms', 'scale_by_param_block_rms', 'scale']
+
+    References:
+        Shazeer and Stern, "Adafactor: Adaptive Learning Rates with Sublinear
+        Memory Cost", ICML 2018.
+    """
+    fn = "adafactor"
+    if convention not in _ADAFACTOR_CONVENTIONS:
+        raise ValueError(
+            f"{fn}: convention must be one of {list(_ADAFACTOR_CONVENTIONS)}, "
+            f"got {convention!r}"
+        )
+    check_in_range(fn, "learning_rate", learning_rate, 0.0)
+    min_size = check_count(fn, "min_dim_size_to_factor", min_dim_size_to_factor, 0)
+    check_in_range(fn, "decay_rate", decay_rate, 0.0)
+    check_in_range(fn, "decay_offset", decay_offset, 0.0)
+    check_flag(fn, "multiply_by_parameter_scale", multiply_by_parameter_scale)
+    check_in_range(fn, "clipping_threshold", clipping_threshold, 1.0, allow_inf=True)
+    check_in_range(fn, "momentum", momentum, 0.0, 1.0, high_open=True)
+    check_in_range(fn, "weight_decay_rate", weight_decay_rate, 0.0)
+    check_in_range(fn, "eps", eps, 0.0)
+    check_flag(fn, "factored", factored)
+    check_in_range(fn, "min_scale", min_scale, 0.0)
+    torch = convention == "torch"
+    if torch and min_size != 128:
+        raise ValueError(
+            f"{fn}: min_dim_size_to_factor belongs to the optax convention; the "
+            "torch convention factors every leaf of two or more axes (build the "
+            "chain from scale_by_factored_rms for another rule)"
+        )
+    if torch and not multiply_by_parameter_scale:
+        raise ValueError(
+            f"{fn}: the torch convention's step is relative to the parameter "
+            "scale; multiply_by_parameter_scale=False needs convention='optax'"
+        )
+
+    if torch:
+        rate: ScalarOrSchedule = 0.01 if learning_rate is None else learning_rate
+        links = [
+            scale_by_factored_rms(
+                factored,
+                decay_rate,
+                decay_offset,
+                0,
+                eps,
+                factor_last_axes=True,
+                epsilon_as_floor=True,
+            ),
+        ]
+        if clipping_threshold is not None:
+            links.append(clip_by_block_rms(clipping_threshold))
+        links.append(scale_by_param_block_rms(min_scale, max_relative_step=rate))
+        decay = None if weight_decay_rate is None else _times(rate, weight_decay_rate)
+    else:
+        links = [
+            scale_by_factored_rms(
+                factored,
+                decay_rate,
+                decay_offset,
+                min_size,
+                1e-30 if eps is None else eps,
+            ),
+        ]
+        if clipping_threshold is not None:
+            links.append(clip_by_block_rms(clipping_threshold))
+        if callable(learning_rate):
+            links.append(scale_by_schedule(learning_rate))
+        elif learning_rate is not None:
+            links.append(scale(learning_rate))
+        if multiply_by_parameter_scale:
+            links.append(scale_by_param_block_rms(min_scale))
+        decay = weight_decay_rate
+    if momentum is not None:
+        links.append(
+            scale_by_momentum(
+                momentum, dampening=momentum, accumulator_dtype=dtype_momentum
+            )
+        )
+    if decay is not None:
+        links.append(add_decayed_weights(decay, mask=weight_decay_mask))
+    links.append(scale(-1.0))
+    return chain(*links)
+
+
+# ----------------------------------------------------------------------------
+# per-layer scaling: LAMB, LARS, NovoGrad (links in gradtx/layerwise.py)
+
+
+def lamb(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-6,
+    eps_root: ArrayLike = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Mask = None,
+    *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    """LAMB: Adam's step plus decoupled decay, rescaled per leaf by a trust ratio.
+
+    Chain: scale_by_adam -> add_decayed_weights -> scale_by_trust_ratio ->
+    scale_by_learning_rate. Per leaf the step is `p -= lr * ||p|| / ||r|| *
+    r` with `r = adam_step + weight_decay * p`, so each layer moves by the
+    fraction `lr` of its own norm. The positional order and defaults are
+    optax's (`eps=1e-6`); the dtypes are keyword-only.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: EMA rate of the first moment, in [0, 1).
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to Adam's denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        weight_decay: Decay rate added after Adam's scaling, a number in
+            [0, inf) or a schedule.
+        mask: Leaves to decay, as in `add_decayed_weights`; None decays all.
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+        nu_dtype: Dtype of the second moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        ValueError: If a hyperparameter is a number outside its range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.lamb(learning_rate=1e-3, weight_decay=1e-2)
+        >>> [link.name for link in tx.children]  # doctest: +NORMALIZE_WHITESPACE
+        ['scale_by_adam', 'add_decayed_weights', 'scale_by_trust_ratio',
+         'scale_by_learning_rate']
+
+    References:
+        You et al., "Large Batch Optimization for Deep Learning: Training
+        BERT in 76 minutes", ICLR 2020.
+    """
+    return chain(
+        scale_by_adam(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+        ),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_trust_ratio(),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def lars(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Mask = True,
+    trust_coefficient: ArrayLike = 0.001,
+    eps: ArrayLike = 0.0,
+    trust_ratio_mask: Mask = True,
+    momentum: ArrayLike = 0.9,
+    nesterov: bool = False,
+    *,
+    mu_dtype: Any = None,
+) -> GradientTransformation:
+    """LARS: SGD with momentum on a per-leaf trust-ratio learning rate.
+
+    Chain: add_decayed_weights -> masked(scale_by_trust_ratio) ->
+    scale_by_learning_rate -> scale_by_momentum. Per leaf, with `r = g +
+    weight_decay * p`, the momentum buffer receives `-lr *
+    trust_coefficient * ||p|| / (||r|| + eps) * r`; the learning rate is
+    applied before the momentum, as in optax. The decay sits inside the
+    trust ratio's norm (the paper puts `weight_decay * ||p||` in the
+    denominator instead). The positional order and defaults are optax's;
+    `mu_dtype` is keyword-only.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        weight_decay: L2 coefficient added to the gradient, a number in
+            [0, inf) or a schedule.
+        weight_decay_mask: Leaves to decay: a bool tree (or prefix, `True`
+            for all) or a function of the params returning one.
+        trust_coefficient: Multiplier of the trust ratio, in (0, inf).
+        eps: Added to the update norm in the trust ratio, in [0, inf).
+        trust_ratio_mask: Leaves to rescale by the trust ratio, given like
+            `weight_decay_mask`; the others keep the plain learning rate.
+        momentum: Momentum decay, in [0, 1); 0 for none.
+        nesterov: Use Nesterov momentum.
+        mu_dtype: Dtype of the momentum buffer; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        ValueError: If a hyperparameter is a number outside its range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.lars(learning_rate=0.1, weight_decay=1e-4)
+        >>> [link.name for link in tx.children]  # doctest: +NORMALIZE_WHITESPACE
+        ['add_decayed_weights', 'masked', 'scale_by_learning_rate',
+         'scale_by_momentum']
+
+    References:
+        You, Gitman and Ginsburg, "Large Batch Training of Convolutional
+        Networks", 2017.
+    """
+    check_flag("lars", "nesterov", nesterov)
+    return chain(
+        add_decayed_weights(weight_decay, mask=weight_decay_mask),
+        masked(
+            scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps),
+            mask=trust_ratio_mask,
+        ),
+        scale_by_learning_rate(learning_rate),
+        scale_by_momentum(
+            decay=momentum, nesterov=nesterov, accumulator_dtype=mu_dtype
+        ),
+    )
+
+
+def novograd(
+    learning_rate: ScalarOrSchedule,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.25,
+    eps: ArrayLike = 1e-6,
+    eps_root: ArrayLike = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    *,
+    mu_dtype: Any = None,
+) -> GradientTransformation:
+    """NovoGrad: layer-wise normalised gradients with momentum.
+
+    Chain: scale_by_novograd -> scale_by_learning_rate. The weight decay is
+    added inside the momentum, after the normalisation, as in the paper and
+    optax. The positional order and defaults are optax's (`eps=1e-6` here,
+    1e-8 on the link); `mu_dtype` is keyword-only.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        b1: Momentum decay, in [0, 1).
+        b2: EMA rate of the squared gradient norm, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        eps_root: Added under the root, in [0, inf).
+        weight_decay: Coefficient of the weight term inside the momentum, a
+            number in [0, inf) or a schedule.
+        mu_dtype: Dtype of the first moment; None keeps the params' dtype.
+
+    Returns:
+        A `chain`; the equations are on `scale_by_novograd`.
+
+    Raises:
+        ValueError: If a hyperparameter is a number outside its range.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.novograd(learning_rate=0.01, weight_decay=1e-3)
+        >>> [link.name for link in tx.children]
+        ['scale_by_novograd', 'scale_by_learning_rate']
+
+    References:
+        Ginsburg et al., "Stochastic Gradient Methods with Layer-wise
+        Adaptive Moments for Training of Deep Networks", 2019.
+    """
+    return chain(
+        scale_by_novograd(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            weight_decay=weight_decay,
+            mu_dtype=mu_dtype,
+        ),
         scale_by_learning_rate(learning_rate),
     )

@@ -229,6 +229,16 @@ def compute_dtype(*xs: Any) -> jnp.dtype:
     return dtype
 
 
+def scalar_dtype(tree: Any) -> jnp.dtype:
+    """The dtype of per-step scalars (bias corrections): the widest leaf's."""
+    return compute_dtype(*jax.tree.leaves(tree))
+
+
+def value_at(value: Any, count: Any) -> Any:
+    """A hyperparameter at step `count`: a schedule's value, or the number."""
+    return jnp.asarray(value(count)) if callable(value) else value
+
+
 def abs_sq(x: jax.Array) -> jax.Array:
     """The element-wise squared magnitude, real for complex leaves."""
     if jnp.iscomplexobj(x):

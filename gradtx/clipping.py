@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from gradtx._checks import check_in_range
+from gradtx._checks import check_in_range, check_same_tree, require_params
 from gradtx.base import (
     ArrayLike,
     EmptyState,
@@ -320,5 +320,117 @@ def clip_by_global_norm(max_norm: ArrayLike) -> GradientTransformation:
             )
 
         return jax.tree.map(leaf, updates), state
+
+    return GradientTransformation(init, update)
+
+
+def _unit_axes(shape: tuple[int, ...], axis: int | tuple[int, ...] | None) -> tuple:
+    """The axes a unit of `adaptive_grad_clip` spans, for a leaf of `shape`.
+
+    With `axis` None: the whole leaf when it has at most one axis longer
+    than 1; for 2-D (in, out) and 3-D (in, heads, out) kernels, axis 0, a
+    unit per output; for 4-D (H, W, in, out) and 5-D (D, H, W, in, out)
+    convolution kernels, all but the last axis, a unit per output channel.
+    """
+    ndim = len(shape)
+    if axis is not None:
+        return (axis,) if isinstance(axis, int) else tuple(axis)
+    if sum(n != 1 for n in shape) <= 1:
+        return tuple(range(ndim))
+    if ndim in (2, 3):
+        return (0,)
+    if ndim in (4, 5):
+        return tuple(range(ndim - 1))
+    raise ValueError(
+        f"adaptive_grad_clip: no default unit for a leaf of shape {shape}; "
+        "pass axis=... to name the axes that a unit spans"
+    )
+
+
+@described
+def adaptive_grad_clip(
+    clipping: ArrayLike,
+    eps: ArrayLike = 1e-3,
+    axis: int | tuple[int, ...] | None = None,
+) -> GradientTransformation:
+    """Clip each unit's update to a fraction of its parameter's norm (AGC).
+
+    Per leaf, for each unit (a slice of the leaf, below) with ||x|| the
+    Euclidean norm over the unit::
+
+        max_norm = clipping * max(||p||, eps)
+        u = g                               if ||g|| <= max_norm
+        u = g * max_norm / ||g||            otherwise
+
+    A unit is, with `axis` None: the whole leaf for scalars and vectors (and
+    any leaf with at most one axis longer than 1); one column (all of axis
+    0) for 2-D kernels of shape (in, out) and 3-D kernels of shape (in,
+    heads, out); all but the last axis for 4-D convolution kernels (H, W,
+    in, out) and 5-D ones (D, H, W, in, out). These are optax's units;
+    `axis` names the reduced axes instead, for every leaf. A parameter
+    unit whose norm is below `eps` (zero-initialised) counts as `eps`.
+
+    optax divides by `max(||g||, 1e-6)` instead of `||g||`; the two agree
+    unless `max_norm` is below 1e-6, where optax clips further than the
+    bound and this clips to it exactly.
+
+    Args:
+        clipping: Largest ratio of update norm to parameter norm, in
+            [0, inf] (inf: no clipping). Brock et al. use 0.01 to 0.16.
+        eps: Floor of the parameter norm, in [0, inf).
+        axis: Axis or axes a unit spans in every leaf, or None for the
+            defaults above.
+
+    Returns:
+        A `GradientTransformation` whose state is an `EmptyState`. Its update
+        needs `params`.
+
+    Raises:
+        ValueError: If `clipping` or `eps` is a number outside its range; at
+            update, if `params` is missing or does not fit the updates, or a
+            leaf has more than five axes and `axis` is None.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> tx = gradtx.adaptive_grad_clip(0.1)
+        >>> params = jnp.array([[3.0, 1.0], [4.0, 0.0]])  # column norms 5 and 1
+        >>> grads = jnp.array([[0.0, 1.0], [0.2, 0.0]])  # column norms 0.2 and 1
+        >>> tx.update(grads, tx.init(params), params)[0]
+        Array([[0. , 0.1],
+               [0.2, 0. ]], dtype=float32)
+
+    References:
+        Brock, De, Smith and Simonyan, "High-Performance Large-Scale Image
+        Recognition Without Normalization", ICML 2021.
+    """
+    fn = "adaptive_grad_clip"
+    check_in_range(fn, "clipping", clipping, 0.0, allow_inf=True)
+    check_in_range(fn, "eps", eps, 0.0)
+
+    def init(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def unit_norm(x: jax.Array, axes: tuple) -> jax.Array:
+        return jnp.sqrt(jnp.sum(abs_sq(x), axis=axes, keepdims=True))
+
+    def leaf(g, p):
+        dtype = compute_dtype(g, p)
+        g_c = g.astype(dtype)
+        axes = _unit_axes(g.shape, axis)
+        max_norm = clipping * jnp.maximum(unit_norm(p.astype(dtype), axes), eps)
+        g_norm = unit_norm(g_c, axes)
+        # "not within" so that a NaN norm clips, and its unit becomes NaN
+        over = ~(g_norm <= max_norm)
+        factor = jnp.where(over, max_norm / jnp.where(over, g_norm, 1), 1)
+        return (g_c * factor.astype(g_c.real.dtype)).astype(g.dtype)
+
+    def update(
+        updates: Updates, state: EmptyState, params: Params | None = None, **extra
+    ) -> tuple[Updates, EmptyState]:
+        require_params(fn, params)
+        check_same_tree(fn, "updates", updates, "params", params)
+        return jax.tree.map(leaf, updates, params), state
 
     return GradientTransformation(init, update)

@@ -30,12 +30,8 @@ from gradtx.base import (
     init_like,
     map_leaves,
     safe_increment,
+    scalar_dtype,
 )
-
-
-def _scalar_dtype(tree: Any) -> jnp.dtype:
-    """The dtype for per-step scalars (bias corrections): the widest leaf's."""
-    return compute_dtype(*jax.tree.leaves(tree))
 
 
 def adam_factors(
@@ -725,7 +721,7 @@ def scale_by_adam(
         check_same_tree(fn, "updates", updates, "state.mu", state.mu)
         check_same_tree(fn, "updates", updates, "state.nu", state.nu)
         count = safe_increment(state.count)
-        t = count.astype(_scalar_dtype(updates))
+        t = count.astype(scalar_dtype(updates))
         # Dividing by a bias correction is multiplying by its reciprocal,
         # taken once per step and leaf dtype: written out, a leaf's update
         # does not depend on how XLA's simplifier would rewrite `m / c`,

@@ -67,7 +67,15 @@ def torch_trajectory(make_opt, steps=STEPS):
 
 
 def max_relative_gap(a, b):
-    """Worst per-leaf gap over the run, relative to the leaf's largest value."""
+    """Worst per-leaf gap over the run, relative to the leaf's largest value.
+
+    A non-finite value on either side is an infinite gap (Python's `max`
+    would pass over a NaN).
+    """
+    for run in (a, b):
+        for step in run:
+            if not all(np.all(np.isfinite(x)) for x in step.values()):
+                return float("inf")
     worst = 0.0
     for k in a[0]:
         scale = max(float(np.max(np.abs(step[k]))) for step in b)

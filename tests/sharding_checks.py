@@ -140,6 +140,14 @@ def abstract(params):
 # placement of the state
 
 
+# Transformations whose state holds statistics reduced over one axis of a
+# parameter (Adafactor's row and column second moments). Their init builds
+# each statistic by summing zeros placed like the parameter, so that it keeps
+# the placement of the axes it keeps; a sum over a sharded axis compiles to
+# one all-reduce, in init only.
+FACTORED = ("adafactor", "scale_by_factored_rms")
+
+
 def transformations():
     """Every public transformation (the contract list) and the wrappers' cases."""
     from test_contract import CONTRACT, build
@@ -166,6 +174,18 @@ def owner(path, params):
     return None
 
 
+def dropped_axis(param, leaf):
+    """The axis of `param` that `leaf` is reduced over, if it is one."""
+    shape = tuple(param.shape)
+    # a scalar per leaf (NovoGrad's second moment) is a scalar, replicated
+    if leaf.size == 0 or not leaf.shape or len(leaf.shape) != len(shape) - 1:
+        return None
+    for k in range(len(shape)):
+        if shape[:k] + shape[k + 1 :] == tuple(leaf.shape):
+            return k
+    return None
+
+
 def placement_problems(state, params, *, scalars_on_mesh):
     """Each state leaf placed like its parameter; the others replicated.
 
@@ -182,8 +202,18 @@ def placement_problems(state, params, *, scalars_on_mesh):
     for (path, leaf), name in zip(flat, owners, strict=True):
         where = jax.tree_util.keystr(path)
         sharding, ndim = leaf.sharding, len(leaf.shape)
+        dropped = None if name is None else dropped_axis(params[name], leaf)
         if name is not None and leaf.shape == params[name].shape:
             want = params[name].sharding
+            if not sharding.is_equivalent_to(want, ndim):
+                problems.append(f"{where}: {sharding} instead of {want}")
+        elif dropped is not None:
+            # a statistic reduced over one axis (Adafactor's rows and
+            # columns): placed like its parameter without that axis
+            spec = list(params[name].sharding.spec)
+            spec += [None] * (len(params[name].shape) - len(spec))
+            del spec[dropped]
+            want = NamedSharding(params[name].sharding.mesh, P(*spec))
             if not sharding.is_equivalent_to(want, ndim):
                 problems.append(f"{where}: {sharding} instead of {want}")
         elif scalars_on_mesh and (
@@ -406,11 +436,21 @@ def main():
     }
     for axis_type in (AxisType.Auto, AxisType.Explicit):
         for layout, (mesh, specs) in layouts(axis_type).items():
-            # every transformation on FSDP rows, a representative few elsewhere
-            txs = everything if layout == "fsdp" else representative
-            records, collectives = check_placement(axis_type, layout, mesh, specs, txs)
-            report["placement"] += records
-            report["placement_programs"].append(collectives)
+            # every transformation on FSDP rows, a representative few elsewhere;
+            # the factored ones in a program of their own (see FACTORED)
+            groups = [representative]
+            if layout == "fsdp":
+                groups = [
+                    {k: v for k, v in everything.items() if k not in FACTORED},
+                    {k: everything[k] for k in FACTORED},
+                ]
+            for txs in groups:
+                records, collectives = check_placement(
+                    axis_type, layout, mesh, specs, txs
+                )
+                collectives["factored"] = set(txs) <= set(FACTORED)
+                report["placement"] += records
+                report["placement_programs"].append(collectives)
             for name in ("adamw", "clip+adamw", "inject_hyperparams(adamw)"):
                 report["steps"].append(
                     check_step(axis_type, layout, mesh, specs, name, everything[name])

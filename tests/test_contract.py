@@ -104,6 +104,90 @@ CONTRACT = {
     ),
     "sgd_l2": (gradtx.sgd_l2, {"learning_rate": LR, "momentum": 0.9}, True),
     "sgdw": (gradtx.sgdw, {"learning_rate": LR, "momentum": 0.9}, True),
+    "scale_by_amsgrad": (gradtx.scale_by_amsgrad, {"b2": 0.99}, LR),
+    "scale_by_adamax": (gradtx.scale_by_adamax, {}, LR),
+    "scale_by_radam": (gradtx.scale_by_radam, {"b2": 0.99}, LR),
+    "scale_by_nadam": (gradtx.scale_by_nadam, {"b2": 0.99}, LR),
+    "scale_by_belief": (gradtx.scale_by_belief, {"nesterov": True}, LR),
+    "scale_by_yogi": (gradtx.scale_by_yogi, {"b2": 0.99}, LR),
+    "scale_by_adopt": (gradtx.scale_by_adopt, {"b2": 0.999}, LR),
+    "scale_by_ademamix": (gradtx.scale_by_ademamix, {"b3": 0.999, "alpha": 2.0}, LR),
+    "scale_by_sign": (gradtx.scale_by_sign, {}, LR),
+    "scale_by_lion": (gradtx.scale_by_lion, {"b1": 0.9, "b2": 0.99}, LR),
+    "scale_by_rprop": (gradtx.scale_by_rprop, {"learning_rate": 0.01}, 1.0),
+    "scale_by_trust_ratio": (
+        gradtx.scale_by_trust_ratio,
+        {"trust_coefficient": 0.5},
+        LR,
+    ),
+    "scale_by_novograd": (gradtx.scale_by_novograd, {"b2": 0.5}, LR),
+    "scale_by_factored_rms": (
+        gradtx.scale_by_factored_rms,
+        {"min_dim_size_to_factor": 2},
+        LR,
+    ),
+    "scale_by_param_block_rms": (
+        gradtx.scale_by_param_block_rms,
+        {"min_scale": 1e-3},
+        LR,
+    ),
+    "clip_by_block_rms": (gradtx.clip_by_block_rms, {"threshold": 1.0}, LR),
+    "adaptive_grad_clip": (gradtx.adaptive_grad_clip, {"clipping": 0.1}, LR),
+    "proximal_l1": (
+        # ISTA: the proximal step sits after the learning rate it thresholds by
+        lambda **kw: gradtx.chain(
+            gradtx.scale_by_learning_rate(kw["learning_rate"]), gradtx.proximal_l1(**kw)
+        ),
+        {"strength": 1e-2, "learning_rate": LR},
+        True,
+    ),
+    "amsgrad": (
+        gradtx.amsgrad,
+        {"learning_rate": LR, "max_before_correction": True},
+        True,
+    ),
+    "adamax": (gradtx.adamax, {"learning_rate": LR}, True),
+    "adamaxw": (gradtx.adamaxw, {"learning_rate": LR, "weight_decay": 1e-2}, True),
+    "radam": (gradtx.radam, {"learning_rate": LR, "eps_before_correction": True}, True),
+    "nadam": (gradtx.nadam, {"learning_rate": LR, "momentum_decay": 4e-3}, True),
+    "nadamw": (gradtx.nadamw, {"learning_rate": LR, "weight_decay": 1e-2}, True),
+    "adabelief": (gradtx.adabelief, {"learning_rate": LR}, True),
+    "yogi": (gradtx.yogi, {"learning_rate": LR}, True),
+    "adopt": (gradtx.adopt, {"learning_rate": LR, "nesterov": True}, True),
+    "ademamix": (
+        gradtx.ademamix,
+        {
+            "learning_rate": LR,
+            "b3": gradtx.linear_schedule(0.9, 0.999, 50),
+            "weight_decay": 1e-2,
+        },
+        True,
+    ),
+    "sign_sgd": (gradtx.sign_sgd, {"learning_rate": LR}, True),
+    "signum": (gradtx.signum, {"learning_rate": LR, "beta": 0.9}, True),
+    "lion": (gradtx.lion, {"learning_rate": LR, "weight_decay": 1e-2}, True),
+    "rprop": (gradtx.rprop, {"learning_rate": 0.01}, True),
+    "lamb": (gradtx.lamb, {"learning_rate": 0.02, "weight_decay": 1e-3}, True),
+    "lars": (
+        gradtx.lars,
+        {"learning_rate": 1.0, "weight_decay": 1e-4, "trust_coefficient": 0.02},
+        True,
+    ),
+    "novograd": (
+        gradtx.novograd,
+        {"learning_rate": 0.05, "weight_decay": 1e-3},
+        True,
+    ),
+    "adafactor": (
+        gradtx.adafactor,
+        {
+            "learning_rate": LR,
+            "min_dim_size_to_factor": 2,
+            "momentum": 0.9,
+            "weight_decay_rate": 1e-4,
+        },
+        True,
+    ),
 }
 
 # Public names that are not transformation factories.
@@ -260,3 +344,28 @@ def test_same_updates_under_inject_hyperparams(name):
         params_i, state_i = injected_step(params_i, state_i)
     # float32 arrays instead of Python constants: a few ulps, not bits
     chex.assert_trees_all_close(params, params_i, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(
+    "fused_step" not in gradtx.__all__, reason="the fused annex is not installed"
+)
+# Without a C++ compiler the chains the kernel runs take the plain step and
+# say so; the others take it silently.
+@pytest.mark.filterwarnings("ignore:gradtx.fused_step:RuntimeWarning")
+@pytest.mark.parametrize("name", sorted(n for n in CONTRACT if CONTRACT[n][2] is True))
+def test_fused_step_takes_every_optimizer(name):
+    # The fused step runs what its kernel knows and the plain step for the
+    # rest: the same numbers either way, within its documented bound.
+    tx = build(name)
+    fused = gradtx.fused_step(tx)
+    params, state = make_params(), tx.init(make_params())
+    fused_params, fused_state = params, state
+    step = make_step(tx)
+    for _ in range(3):
+        grads = jax.grad(loss)(fused_params)
+        fused_params, fused_state = fused(
+            fused_params, fused_state, grads, loss=loss(fused_params)
+        )
+        params, state = step(params, state)
+    chex.assert_trees_all_close(fused_params, params, rtol=1e-5, atol=1e-6)
+    assert jax.tree.structure(fused_state) == jax.tree.structure(state)

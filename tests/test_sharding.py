@@ -72,7 +72,19 @@ def test_state_is_placed_like_the_params(report, check):
 
 def test_init_compiles_without_collectives(report):
     for program in report["placement_programs"]:
+        if program["factored"]:
+            continue  # next test
         assert program["init"] == {"main": {}, "branches": {}}, program
+
+
+def test_factored_init_reduces_zeros_once_per_statistic_and_gathers_nothing(report):
+    # Adafactor's statistics reduced over a sharded axis (FSDP rows: the
+    # column statistics) are sums of placed zeros: all-reduces, no gather.
+    programs = [p for p in report["placement_programs"] if p["factored"]]
+    assert len(programs) == 2  # Auto and Explicit, FSDP layout
+    for program in programs:
+        assert set(program["init"]["main"]) <= {"all-reduce"}, program
+        assert program["init"]["branches"] == {}, program
 
 
 def test_no_step_gathers_or_reshuffles(report):

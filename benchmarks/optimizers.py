@@ -147,9 +147,8 @@ def make_torch(name: str, params: list, impl: str) -> tuple[Any, float | None]:
             raise ValueError(f"torch.optim has no fused {name!r}")
         opt = _TORCH_FAMILIES[name](torch.optim, params, flag)
     else:
-        raise ValueError(
-            f"torch.optim has no {name!r} (its state is the params' dtype)"
-        )
+        why = " (its state is the params' dtype)" if name == "adamw_bf16" else ""
+        raise ValueError(f"torch.optim has no {name!r}{why}")
     return opt, (MAX_NORM if name == "clip_adamw" else None)
 
 

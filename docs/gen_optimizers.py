@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import pathlib
+import re
 import sys
 
 import gradtx
@@ -179,6 +180,25 @@ def equation_block(factory) -> str:
     return "\n".join(block).strip("\n")
 
 
+def papers(factory) -> list[str]:
+    """The papers of a factory's `References:` section, one string each.
+
+    The section is one block of text; a new paper starts after a period,
+    at an author list ("Name,", "Name and Name,", "Name et al.,").
+    """
+    doc = inspect.getdoc(factory) or ""
+    if "References:" not in doc:
+        return []
+    text = []
+    for line in doc.split("References:", 1)[1].splitlines()[1:]:
+        if line.strip() and not line.startswith("    "):
+            break
+        text.append(line.strip())
+    author = r"[A-Z][\w'-]+(?: and [A-Z][\w'-]+| et al\.)?,"
+    entries = re.split(rf"(?<=\.)\s+(?={author})", " ".join(text).strip())
+    return [entry for entry in entries if entry]
+
+
 def summary_line(factory) -> str:
     """The first line of a factory's docstring."""
     return (inspect.getdoc(factory) or "").splitlines()[0]
@@ -240,6 +260,11 @@ def page(name: str, call: str, peers: str) -> str:
         lines += [f"### `{link.name}`", "", summary_line(link_factory), ""]
         if block:
             lines += ["```text", block, "```", ""]
+    cited: list[str] = []
+    for factory_of_link in [factory, *(getattr(gradtx, k.name) for k in links(tx))]:
+        cited += [entry for entry in papers(factory_of_link) if entry not in cited]
+    if cited:
+        lines += ["## Papers", ""] + [f"- {entry}" for entry in cited] + [""]
     lines += [
         "## In other libraries",
         "",

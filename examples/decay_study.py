@@ -3,223 +3,365 @@
 Loshchilov and Hutter (Decoupled Weight Decay Regularization, ICLR 2019)
 found that with L2 folded into the gradient the best learning rate and decay
 lie on a diagonal of the grid, while decoupled decay makes them nearly
-separable. This script repeats the experiment on a small scale: an MLP on
-scikit-learn's bundled 8x8 digits, a grid of learning rates x decay
-strengths for six ways of applying weight decay, several seeds each, with a
-cosine learning-rate schedule. Every grid is one `jax.vmap` over optimizers
-whose learning rate and decay live in their state (`inject_hyperparams`).
+separable, and that AdamW generalises better than Adam with L2. This script
+repeats the experiment on a small scale: a grid of learning rates x decay
+strengths for each way of applying weight decay, several seeds per cell.
+Every grid is one `jax.vmap` over optimizers whose learning rate and decay
+live in their state (`inject_hyperparams`). It runs on two problems
+(examples/study_problems.py):
 
-`make demo` installs the example extras and runs this script. To run it
-again, `.venv/bin/python examples/decay_study.py` (about 2-4 minutes on 2 CPU
-cores), or with `--quick` (under a minute); in another environment, install
-the extras first with `pip install -e '.[examples]'`. Results go to
-runs/decay_study/: summary.json, heatmaps.png and shrinkage.png; a table of
-the best cell per variant is printed. `--docs` also writes
-docs/decay_study.md and its figures.
+- `--problem digits` (the default; `make demo`): an MLP on scikit-learn's
+  bundled 8x8 digits, six variants, cosine schedule, 3 seeds. About 2-4
+  minutes on 2 CPU cores, `--quick` under a minute. Results go to
+  runs/decay_study/: summary.json, heatmaps.png and shrinkage.png.
+- `--problem mnist1d` (`make study`): a small 1-D CNN on MNIST-1D, generated
+  on the machine by the `mnist1d` package; the variants of the AdamW, SGDW
+  and Lion families and the paper's normalised decay, under a cosine and a
+  constant schedule, 5 seeds, with Adam without decay as the reference that
+  shows whether the network overfits. Up to 30 minutes on 2 CPU cores, `--quick`
+  a few. Results go to runs/decay_study_mnist1d/: summary.json, heatmaps of
+  the test error and of the train-test gap per schedule, the slopes with
+  their bootstrap intervals, and the no-decay curves; the verdicts on the
+  paper's two claims are printed.
+
+`--families adamw,lion,...` picks the families (adamw: Adam + L2 and the
+three decoupled AdamW forms; adamw_normalized; sgdw: SGD + L2 and SGDW;
+lion: Lion + L2 and Lion), each variant on its own learning-rate x decay
+grid. `--docs` also writes the problem's section of docs/decay_study.md and
+its figures; `--docs-only` rewrites it from the last run's files. Install
+the extras first with `pip install -e '.[examples]'` (the make targets do).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-from sklearn.datasets import load_digits
+from scipy import stats
 from tqdm import tqdm
 
 import gradtx
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(HERE) not in sys.path:  # loaded by path (the tests), not as a script
+    sys.path.insert(0, str(HERE))
+import study_problems  # noqa: E402
+from study_problems import error_rate, loss_fn  # noqa: E402
+
+SCHEDULES = ("cosine", "constant")
+# Which variants each `--families` name runs: the coupled form first, then
+# the decoupled ones.
+FAMILIES = {
+    "adamw": ("adam_l2", "adamw", "adamw_multiplier", "adamw_independent"),
+    "adamw_normalized": ("adamw_normalized",),
+    "sgdw": ("sgd_l2", "sgdw"),
+    "lion": ("lion_l2", "lion"),
+}
+# Each decoupled variant against the coupled one of its family.
+COUPLED = {
+    "adamw": "adam_l2",
+    "adamw_multiplier": "adam_l2",
+    "adamw_independent": "adam_l2",
+    "adamw_normalized": "adam_l2",
+    "sgdw": "sgd_l2",
+    "lion": "lion_l2",
+}
+BOOTSTRAP = 1000
+# A basin counts as nearly separable when the 95% interval of its valley
+# slope lies within +-SEPARABLE: the best decay then moves by less than a
+# factor of 10**0.5 when the learning rate moves by a factor of 10.
+SEPARABLE = 0.5
+# A training loss counts as about zero below this: about 2% of ln(10), the
+# loss of a network that guesses among the ten classes.
+NEAR_ZERO_LOSS = 0.05
+# Networks evaluated at once by lax.map (bounds the evaluation's memory).
+EVAL_BATCH = 16
 
 
 # ----------------------------------------------------------------------------
-# the six variants: each maps (base learning rate, decay) to an optimizer
+# the variants: each maps (base learning rate, decay) to an optimizer
 
 
-def variants(steps: int) -> dict[str, dict]:
-    """Name -> factory, label, what the decay means, and the grid ranges."""
-    cosine = gradtx.cosine_decay_schedule(1.0, steps)
+def variants(
+    steps: int,
+    schedule: str = "cosine",
+    families=("adamw", "sgdw"),
+    ranges=None,
+) -> dict[str, dict]:
+    """Name -> factory, label, what the decay means, and the grid ranges.
 
-    def times_cosine(learning_rate):
-        return lambda t: learning_rate * cosine(t)
+    `schedule` is the multiplier eta_t of every learning rate: "cosine"
+    decays it from 1 to 0 over `steps`, "constant" keeps it at 1. `ranges`
+    maps a variant to its (log10 learning rates, log10 decays); the digits
+    problem's by default.
+    """
+    ranges = study_problems.DIGITS.ranges if ranges is None else ranges
+    if schedule == "cosine":
+        eta = gradtx.cosine_decay_schedule(1.0, steps)
+    elif schedule == "constant":
+        eta = gradtx.constant_schedule(1.0)
+    else:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+    def times_eta(learning_rate):
+        return lambda t: learning_rate * eta(t)
 
     def adam_l2(learning_rate, weight_decay):
-        return gradtx.adam_l2(times_cosine(learning_rate), weight_decay=weight_decay)
+        return gradtx.adam_l2(times_eta(learning_rate), weight_decay=weight_decay)
 
     def adamw(learning_rate, weight_decay):
-        return gradtx.adamw(times_cosine(learning_rate), weight_decay=weight_decay)
+        return gradtx.adamw(times_eta(learning_rate), weight_decay=weight_decay)
 
     def adamw_multiplier(learning_rate, weight_decay):
         return gradtx.adamw_multiplier(
-            learning_rate, weight_decay=weight_decay, schedule=cosine
+            learning_rate, weight_decay=weight_decay, schedule=eta
         )
 
     def adamw_independent(learning_rate, weight_decay):
         return gradtx.adamw_independent(
-            times_cosine(learning_rate), weight_decay=weight_decay
+            times_eta(learning_rate), weight_decay=weight_decay
+        )
+
+    # The paper's normalised decay (its Section 3): lambda = lambda_norm *
+    # sqrt(b / (B T)) for batch size b, B training examples and T epochs.
+    # B T / b is the number of steps, so lambda = lambda_norm / sqrt(steps).
+    normaliser = 1.0 / np.sqrt(steps)
+
+    def adamw_normalized(learning_rate, weight_decay):
+        return gradtx.adamw_multiplier(
+            learning_rate, weight_decay=weight_decay * normaliser, schedule=eta
         )
 
     def sgd_l2(learning_rate, weight_decay):
         return gradtx.sgd_l2(
-            times_cosine(learning_rate), weight_decay=weight_decay, momentum=0.9
+            times_eta(learning_rate), weight_decay=weight_decay, momentum=0.9
         )
 
     def sgdw(learning_rate, weight_decay):
         return gradtx.sgdw(
-            times_cosine(learning_rate), weight_decay=weight_decay, momentum=0.9
+            times_eta(learning_rate), weight_decay=weight_decay, momentum=0.9
         )
 
-    # Log10 ranges, chosen so that every grid runs from "no visible effect"
-    # to "decay too strong" at every learning rate, and the learning rates
-    # from too slow to the edge of divergence.
-    adam_lrs = (-3.0, -1.0)
-    sgd_lrs = (-2.0, -0.25)
-    return {
-        "adam_l2": dict(
-            factory=adam_l2,
-            label="Adam + L2 (coupled)",
-            decay="L2 coefficient, added to the gradient",
-            lrs=adam_lrs,
-            wds=(-5.0, -0.5),
+    def lion_pair():
+        # Looked up now rather than when the first Lion grid is traced, so
+        # that a gradtx without Lion stops the study before it trains.
+        scale_by_lion, lion_alias = gradtx.scale_by_lion, gradtx.lion
+
+        def lion_l2(learning_rate, weight_decay):
+            return gradtx.chain(
+                gradtx.add_decayed_weights(weight_decay),
+                scale_by_lion(),
+                gradtx.scale_by_learning_rate(times_eta(learning_rate)),
+            )
+
+        def lion(learning_rate, weight_decay):
+            return lion_alias(times_eta(learning_rate), weight_decay=weight_decay)
+
+        return lion_l2, lion
+
+    lion_l2, lion = lion_pair() if "lion" in families else (None, None)
+    table = {
+        "adam_l2": (
+            adam_l2,
+            "Adam + L2 (coupled)",
+            "L2 coefficient, added to the gradient",
         ),
-        "adamw": dict(
-            factory=adamw,
-            label="AdamW, decay x learning rate (torch, optax)",
-            decay="per step: lr_t * wd",
-            lrs=adam_lrs,
-            wds=(-2.0, 1.5),
+        "adamw": (
+            adamw,
+            "AdamW, decay x learning rate (torch, optax)",
+            "per step: lr_t * wd",
         ),
-        "adamw_multiplier": dict(
-            factory=adamw_multiplier,
-            label="AdamW, decay x schedule (paper, Alg. 2)",
-            decay="per step: eta_t * wd",
-            lrs=adam_lrs,
-            wds=(-5.0, -0.5),
+        "adamw_multiplier": (
+            adamw_multiplier,
+            "AdamW, decay x schedule (paper, Alg. 2)",
+            "per step: eta_t * wd",
         ),
-        "adamw_independent": dict(
-            factory=adamw_independent,
-            label="Adam, independent decay",
-            decay="per step: wd",
-            lrs=adam_lrs,
-            wds=(-5.5, -1.0),
+        "adamw_independent": (
+            adamw_independent,
+            "Adam, independent decay",
+            "per step: wd",
         ),
-        "sgd_l2": dict(
-            factory=sgd_l2,
-            label="SGD momentum + L2 (coupled)",
-            decay="L2 coefficient, added to the gradient",
-            lrs=sgd_lrs,
-            wds=(-5.0, -0.5),
+        "adamw_normalized": (
+            adamw_normalized,
+            "AdamW, normalised decay (paper, Alg. 2)",
+            "per step: eta_t * wd / sqrt(steps)",
         ),
-        "sgdw": dict(
-            factory=sgdw,
-            label="SGDW, decay x learning rate",
-            decay="per step: lr_t * wd",
-            lrs=sgd_lrs,
-            wds=(-4.0, 0.5),
+        "sgd_l2": (
+            sgd_l2,
+            "SGD momentum + L2 (coupled)",
+            "L2 coefficient, added to the gradient",
         ),
+        "sgdw": (sgdw, "SGDW, decay x learning rate", "per step: lr_t * wd"),
+        "lion_l2": (
+            lion_l2,
+            "Lion + L2 (coupled)",
+            "L2 coefficient, added to the gradient",
+        ),
+        "lion": (lion, "Lion, decay x learning rate", "per step: lr_t * wd"),
     }
+    specs = {}
+    for family in families:
+        if family not in FAMILIES:
+            raise ValueError(
+                f"unknown family {family!r}; the families are {sorted(FAMILIES)}"
+            )
+        for name in FAMILIES[family]:
+            factory, label, decay = table[name]
+            if name not in ranges:
+                raise ValueError(f"this problem has no grid ranges for {name!r}")
+            lrs, wds = ranges[name]
+            specs[name] = dict(
+                factory=factory,
+                label=label,
+                decay=decay,
+                lrs=lrs,
+                wds=wds,
+            )
+    return specs
 
 
 # ----------------------------------------------------------------------------
-# data and model
+# training: one grid, every (learning rate, decay, seed) at once under vmap
 
 
-def load_data(n_train: int, seed: int = 0):
-    """Digits scaled to [0, 1]; a fixed split with a small training set."""
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    order = np.random.default_rng(seed).permutation(len(x))
-    train, test = order[:n_train], order[n_train:]
-    return (jnp.asarray(x[train]), jnp.asarray(y[train])), (
-        jnp.asarray(x[test]),
-        jnp.asarray(y[test]),
-    )
+class Trainer:
+    """What every grid of one study shares: problem, data, sizes, clocks.
 
+    (A plain class: the tests load this file by path, outside sys.modules,
+    where a dataclass cannot resolve its annotations.)
+    """
 
-def init_mlp(key, sizes=(64, 128, 10)):
-    params = []
-    keys = jax.random.split(key, len(sizes) - 1)
-    for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True):
-        w = jax.random.normal(k, (n_in, n_out)) * jnp.sqrt(2.0 / n_in)
-        params.append({"w": w, "b": jnp.zeros(n_out)})
-    return params
+    def __init__(self, problem, sizes, data, steps, chunk, progress=None):
+        self.problem, self.sizes, self.data = problem, sizes, data
+        self.steps, self.chunk, self.progress = steps, chunk, progress
+        self.timing = {
+            "initialise": 0.0,
+            "compile": 0.0,
+            "train": 0.0,
+            "evaluate": 0.0,
+        }
+        self._evaluate = None
 
+    def evaluate(self, params):
+        """Test and train error and loss of every network in a grid."""
+        if self._evaluate is None:
+            (x_train, y_train), (x_test, y_test) = self.data
+            logits = self.problem.logits
 
-def logits(params, x):
-    for layer in params[:-1]:
-        x = jax.nn.relu(x @ layer["w"] + layer["b"][None, :])
-    return x @ params[-1]["w"] + params[-1]["b"][None, :]
+            def one(p):
+                return {
+                    "test_error": error_rate(logits, p, x_test, y_test),
+                    "test_loss": loss_fn(logits, p, x_test, y_test),
+                    "train_error": error_rate(logits, p, x_train, y_train),
+                    "train_loss": loss_fn(logits, p, x_train, y_train),
+                }
 
+            self._evaluate = jax.jit(
+                lambda ps: jax.lax.map(one, ps, batch_size=EVAL_BATCH)
+            )
+        started = time.perf_counter()
+        out = {k: np.asarray(v) for k, v in self._evaluate(params).items()}
+        self.timing["evaluate"] += time.perf_counter() - started
+        return out
 
-def loss_fn(params, x, y):
-    log_p = jax.nn.log_softmax(logits(params, x))
-    return -jnp.mean(jnp.take_along_axis(log_p, y[:, None], axis=1))
+    def run_grid(self, spec, lrs, wds, seeds, steps=None, curves=False, name=""):
+        """Train every (lr, wd, seed) of a grid; return its final metrics.
 
+        Metrics are arrays of shape (len(lrs), len(wds), len(seeds)); with
+        `curves`, also every `chunk` steps, stacked on a leading axis. Seed s
+        fixes the initialisation and the sequence of batches, so that every
+        variant sees the same ones.
+        """
+        steps = steps or self.steps
+        chunk = self.chunk
+        (x_train, y_train), _ = self.data
+        batch_size = self.sizes.batch_size
+        problem, sizes = self.problem, self.sizes
+        opt = gradtx.inject_hyperparams(spec["factory"])(
+            learning_rate=0.0, weight_decay=0.0
+        )
+        grid_lr, grid_wd, grid_seed = (
+            a.ravel() for a in np.meshgrid(lrs, wds, seeds, indexing="ij")
+        )
 
-def error_rate(params, x, y):
-    return jnp.mean(jnp.argmax(logits(params, x), axis=1) != y)
+        def grad_fn(params, x, y):
+            return jax.grad(lambda p: loss_fn(problem.logits, p, x, y))(params)
+
+        def init_run(lr, wd, seed):
+            params = problem.init_params(jax.random.key(seed), sizes)
+            state = opt.init(params)
+            hyperparams = {"learning_rate": lr, "weight_decay": wd}
+            return params, state._replace(hyperparams=hyperparams)
+
+        def train_steps(params, state, seed, first_step):
+            def one_step(carry, t):
+                params, state = carry
+                key = jax.random.fold_in(jax.random.key(seed + 1000), t)
+                idx = jax.random.randint(key, (batch_size,), 0, x_train.shape[0])
+                grads = grad_fn(params, x_train[idx], y_train[idx])
+                updates, state = opt.update(grads, state, params)
+                return (gradtx.apply_updates(params, updates), state), None
+
+            ts = first_step + jnp.arange(chunk)
+            (params, state), _ = jax.lax.scan(one_step, (params, state), ts)
+            return params, state
+
+        as_f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+        seeds_arr = jnp.asarray(grid_seed, jnp.int32)
+        started = time.perf_counter()
+        # Op by op, not jitted: its compiled kernels are cached across grids.
+        params, state = jax.vmap(init_run)(as_f32(grid_lr), as_f32(grid_wd), seeds_arr)
+        jax.block_until_ready(params)
+        self.timing["initialise"] += time.perf_counter() - started
+        started = time.perf_counter()
+        train = (
+            jax.jit(
+                jax.vmap(train_steps, in_axes=(0, 0, 0, None)), donate_argnums=(0, 1)
+            )
+            .lower(params, state, seeds_arr, 0)
+            .compile()
+        )
+        self.timing["compile"] += time.perf_counter() - started
+        history = []
+        for first in range(0, steps, chunk):
+            started = time.perf_counter()
+            params, state = train(params, state, seeds_arr, first)
+            jax.block_until_ready(params)
+            self.timing["train"] += time.perf_counter() - started
+            if self.progress is not None:
+                self.progress.set_postfix_str(
+                    f"{name}, {len(seeds)} seeds at once, step {first + chunk}/{steps}",
+                    refresh=False,
+                )
+                self.progress.update(chunk)
+            if curves:
+                history.append(self.evaluate(params))
+        final = history[-1] if curves else self.evaluate(params)
+        shape = (len(lrs), len(wds), len(seeds))
+        result = {k: v.reshape(shape) for k, v in final.items()}
+        if curves:
+            result["curves"] = {
+                k: np.stack([h[k].reshape(shape) for h in history]) for k in final
+            }
+            result["curve_steps"] = list(range(chunk, steps + 1, chunk))
+        return result, params, state
 
 
 # ----------------------------------------------------------------------------
-# one grid: every (learning rate, decay, seed) trained at once under vmap
-
-
-def run_grid(spec, lrs, wds, seeds, steps, batch_size, data, chunk, progress):
-    (x_train, y_train), (x_test, y_test) = data
-    opt = gradtx.inject_hyperparams(spec["factory"])(
-        learning_rate=0.0, weight_decay=0.0
-    )
-    grid_lr, grid_wd, grid_seed = (
-        a.ravel() for a in np.meshgrid(lrs, wds, seeds, indexing="ij")
-    )
-
-    def init_run(lr, wd, seed):
-        params = init_mlp(jax.random.key(seed))
-        state = opt.init(params)
-        hyperparams = {"learning_rate": lr, "weight_decay": wd}
-        return params, state._replace(hyperparams=hyperparams)
-
-    def train_steps(params, state, seed, first_step):
-        def one_step(carry, t):
-            params, state = carry
-            key = jax.random.fold_in(jax.random.key(seed + 1000), t)
-            idx = jax.random.randint(key, (batch_size,), 0, x_train.shape[0])
-            grads = jax.grad(loss_fn)(params, x_train[idx], y_train[idx])
-            updates, state = opt.update(grads, state, params)
-            return (gradtx.apply_updates(params, updates), state), None
-
-        ts = first_step + jnp.arange(chunk)
-        (params, state), _ = jax.lax.scan(one_step, (params, state), ts)
-        return params, state
-
-    as_f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-    seeds_arr = jnp.asarray(grid_seed, jnp.int32)
-    params, state = jax.vmap(init_run)(as_f32(grid_lr), as_f32(grid_wd), seeds_arr)
-    train = jax.jit(
-        jax.vmap(train_steps, in_axes=(0, 0, 0, None)), donate_argnums=(0, 1)
-    )
-    for first in range(0, steps, chunk):
-        params, state = train(params, state, seeds_arr, first)
-        progress.update(1)
-    errors = jax.vmap(error_rate, in_axes=(0, None, None))(params, x_test, y_test)
-    train_loss = jax.vmap(loss_fn, in_axes=(0, None, None))(params, x_train, y_train)
-    shape = (len(lrs), len(wds), len(seeds))
-    return (
-        np.asarray(errors).reshape(shape),
-        np.asarray(train_loss).reshape(shape),
-        params,
-        state,
-    )
+# statistics
 
 
 def usable_rows(mean_error):
@@ -245,7 +387,7 @@ def tilt(lrs, wds, mean_error):
     if len(rows) < 3:
         return None
     x, y = np.meshgrid(np.log10(lrs)[rows], np.log10(wds), indexing="ij")
-    z = np.log(mean_error[rows])
+    z = np.log(np.maximum(mean_error[rows], 1e-6))
     x, y, z = x.ravel(), y.ravel(), z.ravel()
     design = np.stack([np.ones_like(x), x, y, x * x, y * y, x * y], axis=1)
     coef = np.linalg.lstsq(design, z, rcond=None)[0]
@@ -280,29 +422,404 @@ def breakdown_slope(lrs, wds, mean_error):
     return float(np.polyfit(xs, ys, 1)[0])
 
 
+def mean_interval(values, level=0.95):
+    """Mean of `values` and its t interval: (mean, low, high)."""
+    values = np.asarray(values, np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, None, None
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1)
+    half /= np.sqrt(len(values))
+    return mean, float(mean - half), float(mean + half)
+
+
+def bootstrap_indices(n_seeds, n_resamples=None, seed=0):
+    """Seed indices drawn with replacement, one row per bootstrap resample."""
+    n_resamples = n_resamples or BOOTSTRAP
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+
+
+def percentile_interval(samples, level=0.95):
+    """(low, high) of the finite samples, or (None, None) if too few."""
+    samples = np.asarray([s for s in samples if s is not None], np.float64)
+    if len(samples) < 20:
+        return None, None
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(samples, tail)), float(
+        np.percentile(samples, 100 - tail)
+    )
+
+
+def bootstrap_slopes(lrs, wds, errors, indices):
+    """Valley and breakdown slopes of each resample of the seeds."""
+    valley, breakdown = [], []
+    for idx in indices:
+        mean = errors[:, :, idx].mean(axis=2)
+        valley.append(tilt(lrs, wds, mean))
+        breakdown.append(breakdown_slope(lrs, wds, mean))
+    return valley, breakdown
+
+
+def summarise_grid(spec, lrs, wds, result, indices):
+    """One variant's summary: means, best cell with its interval, slopes."""
+    errors = result["test_error"]
+    grid = len(lrs)
+    mean, std = errors.mean(axis=2), errors.std(axis=2)
+    i, j = np.unravel_index(np.argmin(mean), mean.shape)
+    gap = result["test_error"] - result["train_error"]
+    _, low, high = mean_interval(errors[i, j])
+    valley, breakdown = bootstrap_slopes(lrs, wds, errors, indices)
+    return {
+        "label": spec["label"],
+        "decay_meaning": spec["decay"],
+        "learning_rates": lrs.tolist(),
+        "weight_decays": wds.tolist(),
+        "test_error_mean": mean.tolist(),
+        "test_error_std": std.tolist(),
+        "train_loss_mean": result["train_loss"].mean(axis=2).tolist(),
+        "train_error_mean": result["train_error"].mean(axis=2).tolist(),
+        "gap_mean": gap.mean(axis=2).tolist(),
+        "test_error_per_seed": errors.tolist(),
+        "best": {
+            "learning_rate": float(lrs[i]),
+            "weight_decay": float(wds[j]),
+            "lr_index": int(i),
+            "wd_index": int(j),
+            "test_error_mean": float(mean[i, j]),
+            "test_error_std": float(std[i, j]),
+            "test_error_ci95": [low, high],
+            "train_loss_mean": float(result["train_loss"][i, j].mean()),
+            "gap_mean": float(gap[i, j].mean()),
+            "at_grid_edge": bool(j in (0, grid - 1) or i in (0, grid - 1)),
+        },
+        "tilt": tilt(lrs, wds, mean),
+        "tilt_ci95": list(percentile_interval(valley)),
+        "breakdown_slope": breakdown_slope(lrs, wds, mean),
+        "breakdown_ci95": list(percentile_interval(breakdown)),
+        "best_decay_per_lr": [float(wds[int(np.argmin(r))]) for r in mean],
+    }
+
+
+def paired_best(entry_a, entry_b):
+    """Test error of a's best cell minus b's, seed by seed: mean and interval.
+
+    Seed s gives both the same initialisation and batches, so the pairs
+    share everything but the optimizer.
+    """
+    a, b = (
+        np.asarray(e["test_error_per_seed"])[
+            e["best"]["lr_index"], e["best"]["wd_index"]
+        ]
+        for e in (entry_a, entry_b)
+    )
+    mean, low, high = mean_interval(a - b)
+    return {"difference": mean, "ci95": [low, high], "per_seed": (a - b).tolist()}
+
+
+def paired_slope_gap(coupled, decoupled, lrs_wds, indices):
+    """|valley slope| of the coupled basin minus the decoupled one's.
+
+    Positive: decoupling made the basin more separable. The interval
+    resamples the seeds of both grids together (they share the seeds).
+    """
+    (lrs_c, wds_c), (lrs_d, wds_d) = lrs_wds
+    err_c = np.asarray(coupled["test_error_per_seed"])
+    err_d = np.asarray(decoupled["test_error_per_seed"])
+    gaps = []
+    for idx in indices:
+        sc = tilt(lrs_c, wds_c, err_c[:, :, idx].mean(axis=2))
+        sd = tilt(lrs_d, wds_d, err_d[:, :, idx].mean(axis=2))
+        gaps.append(None if sc is None or sd is None else abs(sc) - abs(sd))
+    point = (
+        None
+        if coupled["tilt"] is None or decoupled["tilt"] is None
+        else abs(coupled["tilt"]) - abs(decoupled["tilt"])
+    )
+    return {"difference": point, "ci95": list(percentile_interval(gaps))}
+
+
+# ----------------------------------------------------------------------------
+# the verdicts
+
+
+def _fmt_interval(ci, scale=1.0, digits=2):
+    if ci is None or ci[0] is None:
+        return "n/a"
+    return f"[{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]"
+
+
+def _fmt_slope(value, ci):
+    if value is None:
+        return "n/a"
+    return f"{value:+.2f} {_fmt_interval(ci)}"
+
+
+def separability_verdict(coupled, decoupled, gap):
+    """Claim 1 for one decoupled form: 'holds', 'fails' or 'unsettled'."""
+    low, high = decoupled["tilt_ci95"]
+    g_low, g_high = gap["ci95"]
+    if decoupled["tilt"] is None or low is None or g_low is None:
+        return "unsettled"
+    if -SEPARABLE < low and high < SEPARABLE and g_low > 0:
+        return "holds"
+    if g_high < 0 or low > SEPARABLE or high < -SEPARABLE:
+        return "fails"
+    c_low, c_high = coupled["tilt_ci95"]
+    if c_low is not None and -SEPARABLE < c_low and c_high < SEPARABLE:
+        return "fails"  # the coupled basin is nearly separable already
+    return "unsettled"
+
+
+def generalisation_verdict(paired):
+    """Claim 2 for one decoupled form; paired = coupled minus decoupled."""
+    low, high = paired["ci95"]
+    if low is None:
+        return "unsettled"
+    if low > 0:
+        return "holds"
+    if high < 0:
+        return "fails"
+    return "unsettled"
+
+
+VERDICT_WORDS = {
+    "holds": "holds",
+    "fails": "does not hold",
+    "unsettled": "is not settled by this run",
+}
+VERDICT_SHORT = {"holds": "holds", "fails": "does not hold", "unsettled": "unsettled"}
+
+
+def claims(schedules_summary, indices):
+    """Both claims, per decoupled variant and schedule, with their numbers."""
+    out = {}
+    for schedule, block in schedules_summary.items():
+        entries = block["variants"]
+        per = {}
+        for name, coupled_name in COUPLED.items():
+            if name not in entries or coupled_name not in entries:
+                continue
+            coupled, decoupled = entries[coupled_name], entries[name]
+            gap = paired_slope_gap(
+                coupled,
+                decoupled,
+                [
+                    (np.asarray(e["learning_rates"]), np.asarray(e["weight_decays"]))
+                    for e in (coupled, decoupled)
+                ],
+                indices,
+            )
+            paired = paired_best(coupled, decoupled)
+            per[name] = {
+                "coupled": coupled_name,
+                "separability": {
+                    "verdict": separability_verdict(coupled, decoupled, gap),
+                    "abs_slope_difference": gap,
+                },
+                "generalisation": {
+                    "verdict": generalisation_verdict(paired),
+                    "coupled_minus_decoupled": paired,
+                },
+            }
+        out[schedule] = per
+    return out
+
+
+def claim_sentence(summary, claim, name):
+    """One sentence: does `claim` hold for variant `name`, with the numbers."""
+    parts, verdicts = [], []
+    for schedule, per in summary["claims"].items():
+        if name not in per:
+            continue
+        entries = summary["schedules"][schedule]["variants"]
+        decoupled, coupled = entries[name], entries[per[name]["coupled"]]
+        verdict = per[name][claim]["verdict"]
+        verdicts.append(verdict)
+        if claim == "separability":
+            parts.append(
+                f"{schedule}: valley slope "
+                f"{_fmt_slope(decoupled['tilt'], decoupled['tilt_ci95'])} against "
+                f"{_fmt_slope(coupled['tilt'], coupled['tilt_ci95'])} for "
+                f"{coupled['label']}, {VERDICT_WORDS[verdict]}"
+            )
+        else:
+            paired = per[name][claim]["coupled_minus_decoupled"]
+            parts.append(
+                f"{schedule}: {100 * coupled['best']['test_error_mean']:.2f}% against "
+                f"{100 * decoupled['best']['test_error_mean']:.2f}%, difference "
+                f"{100 * paired['difference']:+.2f} points "
+                f"{_fmt_interval(paired['ci95'], 100)}, {VERDICT_WORDS[verdict]}"
+            )
+    if not parts:
+        return "not run"
+    if len(set(verdicts)) > 1:
+        return f"depends on the schedule ({'; '.join(parts)})"
+    parts = [p.rsplit(", ", 1)[0] for p in parts]  # the verdict is said once
+    if len(verdicts) == 1:
+        lead = VERDICT_WORDS[verdicts[0]]
+    else:
+        lead = {
+            "holds": "holds under both schedules",
+            "fails": "does not hold under either schedule",
+            "unsettled": "is not settled by this run under either schedule",
+        }[verdicts[0]]
+    return f"{lead} ({'; '.join(parts)})"
+
+
+def overfitting(baseline):
+    """The no-decay reference at its best learning rate: does it overfit?
+
+    The training loss at the end, and how far the test error and loss end
+    above the lowest point of their seed-mean curves (paired over seeds).
+    """
+    curves = {k: np.asarray(v) for k, v in baseline["curves"].items()}
+    final_error = curves["test_error"][-1].mean(axis=-1)[:, 0]  # per lr
+    i = int(np.argmin(final_error))
+    out = {"learning_rate": baseline["learning_rates"][i], "lr_index": i}
+    out["train_loss_end"] = float(curves["train_loss"][-1, i, 0].mean())
+    out["train_error_end"] = float(curves["train_error"][-1, i, 0].mean())
+    for key in ("test_error", "test_loss"):
+        per_seed = curves[key][:, i, 0, :]  # (evaluations, seeds)
+        low = int(np.argmin(per_seed.mean(axis=1)))
+        rise = per_seed[-1] - per_seed[low]
+        mean, lo, hi = mean_interval(rise)
+        out[key] = {
+            "lowest": float(per_seed[low].mean()),
+            "lowest_step": baseline["curve_steps"][low],
+            "end": float(per_seed[-1].mean()),
+            "rise": mean,
+            "rise_ci95": [lo, hi],
+        }
+    out["train_loss_near_zero"] = out["train_loss_end"] < NEAR_ZERO_LOSS
+    # The learning rate that fits the training set most closely, for contrast.
+    train_end = curves["train_loss"][-1, :, 0].mean(axis=-1)
+    k = int(np.nanargmin(train_end))
+    out["closest_fit"] = {
+        "learning_rate": baseline["learning_rates"][k],
+        "train_loss_end": float(train_end[k]),
+        "test_error_end": float(curves["test_error"][-1, k, 0].mean()),
+    }
+    lo = out["test_error"]["rise_ci95"][0]
+    out["test_error_rises"] = lo is not None and lo > 0
+    lo = out["test_loss"]["rise_ci95"][0]
+    out["test_loss_rises"] = lo is not None and lo > 0
+    return out
+
+
+def decay_gain(baseline, entry):
+    """Best no-decay Adam cell minus the variant's best cell, paired by seed."""
+    curves = np.asarray(baseline["curves"]["test_error"])[-1][:, 0, :]  # (lr, seed)
+    i = int(np.argmin(curves.mean(axis=1)))
+    best = np.asarray(entry["test_error_per_seed"])[
+        entry["best"]["lr_index"], entry["best"]["wd_index"]
+    ]
+    mean, low, high = mean_interval(curves[i] - best)
+    return {"difference": mean, "ci95": [low, high]}
+
+
+def overfitting_sentence(summary):
+    """One sentence per schedule on the two facts the study depends on."""
+    lines = []
+    for schedule, block in summary["schedules"].items():
+        if "overfitting" not in block:
+            continue
+        o = block["overfitting"]
+        err, loss = o["test_error"], o["test_loss"]
+        fit = (
+            f"goes to about zero (below {NEAR_ZERO_LOSS})"
+            if o["train_loss_near_zero"]
+            else f"does not go to about zero (it stays above {NEAR_ZERO_LOSS})"
+        )
+        rises = "rises" if o["test_error_rises"] else "does not rise measurably"
+        loss_rises = "rises" if o["test_loss_rises"] else "does not rise measurably"
+        lines.append(
+            f"- **{schedule} schedule**, learning rate {o['learning_rate']:.1e}: "
+            f"the training loss {fit}: {o['train_loss_end']:.1e} at the end, "
+            f"training error {100 * o['train_error_end']:.1f}%. The test error "
+            f"{rises}: {100 * err['lowest']:.2f}% at step {err['lowest_step']}, "
+            f"its lowest, and {100 * err['end']:.2f}% at the end, a change of "
+            f"{100 * err['rise']:+.2f} points {_fmt_interval(err['rise_ci95'], 100)}. "
+            f"The test loss {loss_rises}: from {loss['lowest']:.2f} at step "
+            f"{loss['lowest_step']} to {loss['end']:.2f}, "
+            f"{loss['rise']:+.2f} {_fmt_interval(loss['rise_ci95'])}."
+        )
+        fit = o.get("closest_fit")
+        if fit and fit["learning_rate"] != o["learning_rate"]:
+            lines[-1] += (
+                f" The learning rate that fits the training set most closely, "
+                f"{fit['learning_rate']:.1e}, ends with a training loss of "
+                f"{fit['train_loss_end']:.1e} and a test error of "
+                f"{100 * fit['test_error_end']:.2f}%."
+            )
+    return "\n".join(lines)
+
+
+def decay_matters_sentence(summary):
+    """Per schedule: the best decayed Adam cell against Adam without decay."""
+    lines = []
+    for schedule, block in summary["schedules"].items():
+        gains = block.get("decay_gain")
+        if not gains:
+            continue
+        entries = block["variants"]
+        name = min(gains, key=lambda n: entries[n]["best"]["test_error_mean"])
+        gain = gains[name]
+        low, high = gain["ci95"]
+        if low is not None and low > 0:
+            verdict = "the decay matters"
+        elif high is not None and high < 0:
+            verdict = "the decay hurts"
+        else:
+            verdict = "no difference is detectable"
+        lines.append(
+            f"- **{schedule} schedule**: `{name}` at its best cell, "
+            f"{100 * entries[name]['best']['test_error_mean']:.2f}%, against "
+            f"{100 * block['overfitting']['test_error']['end']:.2f}% without "
+            f"decay: {100 * gain['difference']:+.2f} points "
+            f"{_fmt_interval(gain['ci95'], 100)} in favour of the decay; "
+            f"{verdict}."
+        )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------
 # figures
 
 
-def plot_heatmaps(summary, path):
-    names = list(summary["variants"])
-    means = [np.array(summary["variants"][n]["test_error_mean"]) for n in names]
-    # One colour scale for every panel, from the best cell of all grids to
-    # three times that: the basins' shapes show, failed cells saturate.
-    low = max(min(m.min() for m in means), 1e-3)
-    high = 3 * low
+def plot_heatmaps(entries, path, title, key="test_error_mean", kind="error"):
+    """One panel per variant over its lr x wd grid.
+
+    kind "error": one log colour scale for every panel, from the best cell
+    of all grids to three times that; "gap": a linear one from 0.
+    """
+    names = list(entries)
+    values = [np.array(entries[n][key]) for n in names]
+    if kind == "error":
+        low = max(min(v.min() for v in values), 1e-3)
+        high = 3 * low
+        norm, cmap = LogNorm(vmin=low, vmax=high), "viridis_r"
+        label = "test error, mean over seeds (darkest: 3x the best or worse)"
+    else:
+        low, high = 0.0, max(max(v.max() for v in values), 1e-3)
+        norm, cmap = Normalize(vmin=low, vmax=high), "magma"
+        label = "test error - training error, mean over seeds"
     cols = 3
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(
-        rows, cols, figsize=(4.8 * cols, 4.6 * rows), dpi=110, layout="constrained"
+        rows,
+        cols,
+        figsize=(4.8 * cols, 4.6 * rows),
+        dpi=110,
+        layout="constrained",
+        squeeze=False,
     )
-    norm = LogNorm(vmin=low, vmax=high)
-    for ax, name, mean in zip(axes.ravel(), names, means, strict=False):
-        entry = summary["variants"][name]
+    for ax, name, value in zip(axes.ravel(), names, values, strict=False):
+        entry = entries[name]
         image = ax.imshow(
-            np.clip(mean, low, high),
+            np.clip(value, low, high),
             origin="lower",
-            cmap="viridis_r",
+            cmap=cmap,
             norm=norm,
             aspect="auto",
         )
@@ -317,6 +834,7 @@ def plot_heatmaps(summary, path):
         ax.set_title(f"{entry['label']}\nvalley slope {tilt_text}", fontsize=9)
         best = entry["best"]
         ax.plot(best["wd_index"], best["lr_index"], marker="*", color="red", ms=12)
+        mean = np.array(entry["test_error_mean"])
         for i in range(len(lrs)):
             j = int(np.argmin(mean[i]))
             ax.plot(j, i, marker="o", mfc="none", mec="white", ms=6, lw=0)
@@ -325,15 +843,108 @@ def plot_heatmaps(summary, path):
     fig.colorbar(
         image,
         ax=axes.ravel().tolist(),
-        extend="max",
-        label="test error, mean over seeds (darkest: 3x the best or worse)",
+        extend="max" if kind == "error" else "neither",
+        label=label,
     )
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_slopes(summary, path):
+    """Valley and breakdown slopes with their bootstrap intervals."""
+    schedules = list(summary["schedules"])
+    fig, axes = plt.subplots(
+        1,
+        len(schedules),
+        figsize=(6.0 * len(schedules), 4.2),
+        dpi=110,
+        squeeze=False,
+        sharey=True,
+    )
+    for ax, schedule in zip(axes[0], schedules, strict=True):
+        entries = summary["schedules"][schedule]["variants"]
+        names = list(entries)
+        ax.axvspan(-SEPARABLE, SEPARABLE, color="0.92", zorder=0)
+        for x in (-1, 0, 1):
+            ax.axvline(x, color="0.6", lw=0.8, ls="--" if x else "-")
+        for key, ci_key, colour, offset, label in (
+            ("tilt", "tilt_ci95", "tab:blue", -0.15, "valley slope"),
+            ("breakdown_slope", "breakdown_ci95", "tab:orange", 0.15, "breakdown"),
+        ):
+            labelled = False
+            for row, name in enumerate(names):
+                value, ci = entries[name][key], entries[name][ci_key]
+                if value is None:
+                    continue
+                err = None
+                if ci[0] is not None:
+                    err = [[max(value - ci[0], 0)], [max(ci[1] - value, 0)]]
+                ax.errorbar(
+                    value,
+                    row + offset,
+                    xerr=err,
+                    fmt="o",
+                    color=colour,
+                    capsize=3,
+                    label=None if labelled else label,
+                )
+                labelled = True
+        ax.set_yticks(
+            range(len(names)), [entries[n]["label"] for n in names], fontsize=8
+        )
+        ax.invert_yaxis()
+        ax.set_xlabel("d log(best decay) / d log(learning rate)")
+        ax.set_title(f"{schedule} schedule", fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(
-        f"Test error on digits, {summary['seeds']} seeds, {summary['steps']} steps "
-        "(star: best cell; circles: best decay per learning rate)",
+        "Slopes of the basins, 95% bootstrap intervals over seeds "
+        f"(grey: within +-{SEPARABLE}, nearly separable; -1: lr x wd fixed; "
+        "+1: wd / lr fixed)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_curves(summary, path):
+    """The no-decay reference at its best learning rate, per schedule."""
+    fig, axes = plt.subplots(1, 3, figsize=(14.0, 3.8), dpi=110)
+    keys = (
+        ("train_loss", "training loss", True),
+        ("test_error", "test error", False),
+        ("test_loss", "test loss", False),
+    )
+    for schedule, colour in zip(SCHEDULES, ("tab:blue", "tab:orange"), strict=True):
+        block = summary["schedules"].get(schedule)
+        if block is None or "baseline" not in block:
+            continue
+        base, o = block["baseline"], block["overfitting"]
+        steps = base["curve_steps"]
+        for ax, (key, title, log) in zip(axes, keys, strict=True):
+            values = np.asarray(base["curves"][key])[:, o["lr_index"], 0, :]
+            ax.plot(
+                steps,
+                values.mean(axis=1),
+                color=colour,
+                label=f"{schedule}, lr {o['learning_rate']:.1e}",
+            )
+            ax.fill_between(
+                steps, values.min(axis=1), values.max(axis=1), color=colour, alpha=0.2
+            )
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("step")
+            if log:
+                ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        "Adam without weight decay at its best learning rate: mean over seeds, "
+        "band from the lowest to the highest seed",
         fontsize=10,
     )
-    fig.savefig(path, bbox_inches="tight")
+    fig.tight_layout()
+    fig.savefig(path)
     plt.close(fig)
 
 
@@ -361,25 +972,23 @@ def plot_shrinkage(shrink, path):
     plt.close(fig)
 
 
-def shrinkage(
-    spec_coupled, spec_decoupled, lr, wd, steps, batch_size, data, chunk, progress
-):
-    """Train both at one (lr, wd) and read each weight's decay per step.
+def shrinkage(trainer, spec_coupled, lr, wd):
+    """Train Adam + L2 at one (lr, wd) and read each weight's decay per step.
 
     Under Adam + L2 the decay term wd * p passes through Adam's division, so
     weight i loses lr * wd / (sqrt(v_hat_i) + eps) of itself per step; under
-    AdamW every weight loses lr * wd. Evaluated at the base learning rate with
-    the second moments at the middle of training.
+    AdamW every weight loses lr * wd, by construction. Evaluated at the base
+    learning rate with the second moments at the middle of training.
     """
-    half = (steps // 2 // chunk) * chunk or chunk
-    _, _, _, state = run_grid(
-        spec_coupled, [lr], [wd], [0], half, batch_size, data, chunk, progress
+    chunk = trainer.chunk
+    half = (trainer.steps // 2 // chunk) * chunk or chunk
+    _, _, state = trainer.run_grid(
+        spec_coupled, [lr], [wd], [0], steps=half, name="shrinkage"
     )
     adam_state = state.inner_state[1]  # chain(add_decayed_weights, scale_by_adam, lr)
     t = float(adam_state.count[0])
     nu_hat = [leaf[0] / (1 - 0.999**t) for leaf in jax.tree.leaves(adam_state.nu)]
     coupled = np.concatenate([np.ravel(lr * wd / (np.sqrt(n) + 1e-8)) for n in nu_hat])
-    del spec_decoupled  # AdamW's shrink is lr * wd for every weight, by construction
     return {
         "coupled": coupled,
         "decoupled": lr * wd,
@@ -392,144 +1001,330 @@ def shrinkage(
 # main
 
 
-def main(quick=False, out_dir=None, docs=False, seeds=3, steps=None, grid=None):
-    steps = steps or (400 if quick else 1000)
-    grid = grid or (6 if quick else 8)
-    chunk = 100 if steps % 100 == 0 else steps
-    batch_size, n_train = 64, 400
-    out = pathlib.Path(out_dir or ROOT / "runs" / "decay_study")
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data(n_train)
-    specs = variants(steps)
-    seed_list = list(range(seeds))
-    started = time.perf_counter()
-    summary = {
-        "dataset": f"scikit-learn digits (8x8), {n_train} training / "
-        f"{1797 - n_train} test images",
-        "model": "MLP 64-128-10, ReLU, softmax cross-entropy",
-        "seeds": seeds,
-        "steps": steps,
-        "batch_size": batch_size,
-        "schedule": "cosine decay of the learning rate to 0 over all steps",
-        "variants": {},
-    }
-    total = len(specs) * (steps // chunk) + (steps // 2 // chunk or 1)
-    with tqdm(total=total, desc="training grids", unit="chunk") as progress:
-        for name, spec in specs.items():
-            lrs = np.logspace(*spec["lrs"], grid)
-            wds = np.logspace(*spec["wds"], grid)
-            errors, train_loss, _, _ = run_grid(
-                spec, lrs, wds, seed_list, steps, batch_size, data, chunk, progress
-            )
-            mean, std = errors.mean(axis=2), errors.std(axis=2)
-            i, j = np.unravel_index(np.argmin(mean), mean.shape)
-            slope = tilt(lrs, wds, mean)
-            summary["variants"][name] = {
-                "label": spec["label"],
-                "decay_meaning": spec["decay"],
-                "learning_rates": lrs.tolist(),
-                "weight_decays": wds.tolist(),
-                "test_error_mean": mean.tolist(),
-                "test_error_std": std.tolist(),
-                "train_loss_mean": train_loss.mean(axis=2).tolist(),
-                "best": {
-                    "learning_rate": float(lrs[i]),
-                    "weight_decay": float(wds[j]),
-                    "lr_index": int(i),
-                    "wd_index": int(j),
-                    "test_error_mean": float(mean[i, j]),
-                    "test_error_std": float(std[i, j]),
-                    "at_grid_edge": bool(j in (0, grid - 1) or i in (0, grid - 1)),
-                },
-                "tilt": slope,
-                "breakdown_slope": breakdown_slope(lrs, wds, mean),
-                "best_decay_per_lr": [float(wds[int(np.argmin(r))]) for r in mean],
-            }
-        best_adam = summary["variants"]["adam_l2"]["best"]
-        shrink = shrinkage(
-            specs["adam_l2"],
-            specs["adamw"],
-            best_adam["learning_rate"],
-            best_adam["weight_decay"],
-            steps,
-            batch_size,
-            data,
-            chunk,
-            progress,
+def run_variants(trainer, specs, grid, seed_list, indices, schedule, total):
+    """Every variant's grid under one schedule."""
+    entries = {}
+    for k, (name, spec) in enumerate(specs.items()):
+        if trainer.progress is not None:
+            trainer.progress.set_description(f"grid {k + 1 + total[0]}/{total[1]}")
+        lrs = np.logspace(*spec["lrs"], grid)
+        wds = np.logspace(*spec["wds"], grid)
+        result, _, _ = trainer.run_grid(
+            spec, lrs, wds, seed_list, name=f"{schedule} {name}"
         )
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    summary["shrinkage"] = {
-        "learning_rate": shrink["learning_rate"],
-        "weight_decay": shrink["weight_decay"],
-        "coupled_quantiles": np.quantile(shrink["coupled"], [0.05, 0.5, 0.95]).tolist(),
-        "decoupled": shrink["decoupled"],
+        started = time.perf_counter()
+        entries[name] = summarise_grid(spec, lrs, wds, result, indices)
+        trainer.timing["analysis"] = (
+            trainer.timing.get("analysis", 0.0) + time.perf_counter() - started
+        )
+    total[0] += len(specs)
+    return entries
+
+
+def main(
+    quick=False,
+    out_dir=None,
+    docs=False,
+    seeds=None,
+    steps=None,
+    grid=None,
+    problem="digits",
+    families=None,
+    schedules=None,
+):
+    """Run the study on one problem; return its summary (also saved as json)."""
+    study_started, cpu_started = time.perf_counter(), time.process_time()
+    problem = study_problems.PROBLEMS[problem]
+    sizes = problem.quick if quick else problem.sizes
+    sizes = dataclasses.replace(
+        sizes,
+        seeds=seeds or sizes.seeds,
+        steps=steps or sizes.steps,
+        grid=grid or sizes.grid,
+    )
+    steps, grid = sizes.steps, sizes.grid
+    chunk = sizes.eval_every if steps % sizes.eval_every == 0 else steps
+    families = tuple(families or problem.families)
+    schedules = tuple(schedules or problem.schedules)
+    demo_ok = schedules == ("cosine",) and "adamw" in families
+    if problem.name == "digits" and not demo_ok:
+        raise ValueError(
+            "the digits demo runs the cosine schedule and the adamw family (its "
+            "shrinkage plot reads Adam + L2); other families may be added"
+        )
+    suffix = "" if problem.name == "digits" else f"_{problem.name}"
+    out = pathlib.Path(out_dir or ROOT / "runs" / f"decay_study{suffix}")
+    out.mkdir(parents=True, exist_ok=True)
+    all_specs = {s: variants(steps, s, families, problem.ranges) for s in schedules}
+    data = problem.load_data(sizes)
+    seed_list = list(range(sizes.seeds))
+    indices = bootstrap_indices(sizes.seeds)
+    summary = {
+        "problem": problem.name,
+        "title": problem.title,
+        "dataset": problem.dataset(sizes),
+        "model": problem.model(sizes),
+        "seeds": sizes.seeds,
+        "steps": steps,
+        "batch_size": sizes.batch_size,
+        "grid": grid,
+        "families": list(families),
+        "bootstrap_resamples": BOOTSTRAP,
     }
+    n_grids = sum(len(v) for v in all_specs.values())
+    n_references = len(schedules) if problem.curves else 0
+    total_steps = (n_grids + n_references) * steps
+    if problem.name == "digits":
+        total_steps += (steps // 2 // chunk) * chunk or chunk
+    progress = tqdm(total=total_steps, unit="step", unit_scale=True, smoothing=0.0)
+    trainer = Trainer(problem, sizes, data, steps, chunk, progress)
+    trainer.timing["data"] = time.perf_counter() - study_started
+    counter = [0, n_grids + n_references]
+    with progress:
+        if problem.name == "digits":
+            # The demo's layout: one schedule, the variants at the top.
+            summary["schedule"] = (
+                "cosine decay of the learning rate to 0 over all steps"
+            )
+            summary["variants"] = run_variants(
+                trainer,
+                all_specs["cosine"],
+                grid,
+                seed_list,
+                indices,
+                "cosine",
+                counter,
+            )
+            best_adam = summary["variants"]["adam_l2"]["best"]
+            shrink = shrinkage(
+                trainer,
+                all_specs["cosine"]["adam_l2"],
+                best_adam["learning_rate"],
+                best_adam["weight_decay"],
+            )
+        else:
+            summary["schedules"] = {}
+            for schedule in schedules:
+                block = {}
+                if problem.curves:
+                    counter[0] += 1
+                    progress.set_description(f"grid {counter[0]}/{counter[1]}")
+                    block.update(
+                        reference_run(trainer, problem, schedule, grid, seed_list)
+                    )
+                block["variants"] = run_variants(
+                    trainer,
+                    all_specs[schedule],
+                    grid,
+                    seed_list,
+                    indices,
+                    schedule,
+                    counter,
+                )
+                if "baseline" in block:
+                    block["decay_gain"] = {
+                        name: decay_gain(block["baseline"], entry)
+                        for name, entry in block["variants"].items()
+                        if name.startswith("adam")
+                    }
+                summary["schedules"][schedule] = block
+            summary["claims"] = claims(summary["schedules"], indices)
+    started = time.perf_counter()
+    if problem.name == "digits":
+        summary["shrinkage"] = {
+            "learning_rate": shrink["learning_rate"],
+            "weight_decay": shrink["weight_decay"],
+            "coupled_quantiles": np.quantile(
+                shrink["coupled"], [0.05, 0.5, 0.95]
+            ).tolist(),
+            "decoupled": shrink["decoupled"],
+        }
+        plot_heatmaps(
+            summary["variants"],
+            out / "heatmaps.png",
+            f"Test error on digits, {summary['seeds']} seeds, {summary['steps']} "
+            "steps (star: best cell; circles: best decay per learning rate)",
+        )
+        plot_shrinkage(shrink, out / "shrinkage.png")
+    else:
+        write_figures(summary, out)
+    trainer.timing["figures"] = time.perf_counter() - started
+    summary["timing"] = {k: round(v, 1) for k, v in trainer.timing.items()}
+    summary["seconds"] = round(time.perf_counter() - study_started, 1)
+    summary["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot_heatmaps(summary, out / "heatmaps.png")
-    plot_shrinkage(shrink, out / "shrinkage.png")
     print_table(summary)
     if docs:
         write_docs(summary, out)
     return summary
 
 
+def reference_run(trainer, problem, schedule, grid, seed_list):
+    """Adam without decay over the Adam learning rates, with its curves."""
+    spec = variants(trainer.steps, schedule, ("adamw",), problem.ranges)["adamw"]
+    lrs = np.logspace(*spec["lrs"], grid)
+    result, _, _ = trainer.run_grid(
+        spec, lrs, np.zeros(1), seed_list, curves=True, name=f"{schedule} no decay"
+    )
+    baseline = {
+        "learning_rates": lrs.tolist(),
+        "curve_steps": result["curve_steps"],
+        "curves": {k: v.tolist() for k, v in result["curves"].items()},
+        "test_error_mean": result["test_error"].mean(axis=(1, 2)).tolist(),
+    }
+    return {"baseline": baseline, "overfitting": overfitting(baseline)}
+
+
+def write_figures(summary, out):
+    """The MNIST-1D figures: heatmaps and gaps per schedule, slopes, curves."""
+    for schedule, block in summary["schedules"].items():
+        what = (
+            f"{summary['seeds']} seeds, {summary['steps']} steps, {schedule} schedule "
+            "(star: best cell; circles: best decay per learning rate)"
+        )
+        plot_heatmaps(
+            block["variants"],
+            out / f"heatmaps_{schedule}.png",
+            f"Test error on {summary['title']}, {what}",
+        )
+        plot_heatmaps(
+            block["variants"],
+            out / f"gap_{schedule}.png",
+            f"Train-test gap on {summary['title']}, {what}",
+            key="gap_mean",
+            kind="gap",
+        )
+    plot_slopes(summary, out / "slopes.png")
+    if any("baseline" in b for b in summary["schedules"].values()):
+        plot_curves(summary, out / "curves.png")
+
+
 def _signed(value):
     return "n/a" if value is None else f"{value:+.2f}"
 
 
-def print_table(summary):
-    print()
-    print(
-        f"{'variant':<18} {'best lr':>8} {'best wd':>8} {'test error %':>14} "
-        f"{'valley':>7} {'breakdown':>9}"
+def _error_cell(best, plus_minus="+-"):
+    return (
+        f"{100 * best['test_error_mean']:.2f} {plus_minus} "
+        f"{100 * best['test_error_std']:.2f}"
     )
-    for name, entry in summary["variants"].items():
-        best = entry["best"]
-        error = (
-            f"{100 * best['test_error_mean']:.2f} +- {100 * best['test_error_std']:.2f}"
-        )
-        edge = "  (edge)" if best["at_grid_edge"] else ""
+
+
+def print_table(summary):
+    blocks = (
+        {"cosine": summary["variants"]}
+        if "variants" in summary
+        else {s: b["variants"] for s, b in summary["schedules"].items()}
+    )
+    for schedule, entries in blocks.items():
+        print()
+        if "schedules" in summary:
+            print(f"{schedule} schedule")
         print(
-            f"{name:<18} {best['learning_rate']:>8.1e} {best['weight_decay']:>8.1e} "
-            f"{error:>14} {_signed(entry['tilt']):>7} "
-            f"{_signed(entry['breakdown_slope']):>9}{edge}"
+            f"{'variant':<18} {'best lr':>8} {'best wd':>8} {'test error %':>14} "
+            f"{'valley':>7} {'breakdown':>9}"
         )
+        for name, entry in entries.items():
+            best = entry["best"]
+            edge = "  (edge)" if best["at_grid_edge"] else ""
+            print(
+                f"{name:<18} {best['learning_rate']:>8.1e} "
+                f"{best['weight_decay']:>8.1e} {_error_cell(best):>14} "
+                f"{_signed(entry['tilt']):>7} "
+                f"{_signed(entry['breakdown_slope']):>9}{edge}"
+            )
     print(
         "valley: slope of log(best decay) against log(learning rate), from a "
         "quadratic fit;\nbreakdown: the same slope for the decay at which the "
         "error reaches 1.5x the row's best.\n0 = separable, -1 = lr * wd "
         "constant, +1 = wd / lr constant."
     )
+    if "claims" in summary:
+        print()
+        print(overfitting_sentence(summary).replace("**", ""))
+        print(decay_matters_sentence(summary).replace("**", ""))
+        for name in ("adamw", "adamw_multiplier"):
+            for claim, words in (
+                ("separability", "claim 1, separable basins"),
+                ("generalisation", "claim 2, better test error"),
+            ):
+                print(f"{name}, {words}: {claim_sentence(summary, claim, name)}")
     print(
         f"{summary['dataset']}; {summary['seeds']} seeds x {summary['steps']} steps; "
-        f"{summary['seconds']} s"
+        f"{summary['seconds']} s ({timing_text(summary)})"
     )
 
 
-def write_docs(summary, out):
-    """docs/decay_study.md and its figures, from this run (no hand-edited numbers)."""
-    image_dir = ROOT / "docs" / "img" / "decay_study"
+def timing_text(summary):
+    t = summary.get("timing", {})
+    return ", ".join(f"{k} {v:.0f} s" for k, v in t.items())
+
+
+# ----------------------------------------------------------------------------
+# the page: docs/decay_study.md, one section per problem
+
+# The template holds the digits page, then this line, then the MNIST-1D
+# section; the page holds the same line between the two rendered parts, so
+# that each problem's run rewrites its own part and keeps the other.
+SECTION_MARK = (
+    "<!-- MNIST-1D section: written by "
+    "examples/decay_study.py --problem mnist1d --docs -->"
+)
+NOT_RUN = (
+    "\n## A second problem: MNIST-1D\n\n"
+    "This section is written by `make study` from its run; it has not been "
+    "run for this page yet.\n"
+)
+
+
+def _split(text):
+    if SECTION_MARK in text:
+        head, tail = text.split(SECTION_MARK, 1)
+        return head, tail
+    return text, None
+
+
+def write_docs(summary, out, docs_dir=None):
+    """The problem's part of docs/decay_study.md and its figures, from this run."""
+    docs_dir = pathlib.Path(docs_dir or ROOT / "docs")
+    head_template, section_template = _split(
+        (ROOT / "docs" / "decay_study_template.md").read_text()
+    )
+    page_path = docs_dir / "decay_study.md"
+    old_head, old_tail = (
+        _split(page_path.read_text()) if page_path.exists() else ("", None)
+    )
+    if summary["problem"] == "digits":
+        head = render_digits(summary, out, head_template, docs_dir)
+        tail = old_tail if old_tail is not None else NOT_RUN
+    else:
+        head = old_head if old_head else "# The weight-decay study\n\n"
+        tail = render_mnist1d(summary, out, section_template, docs_dir)
+    page_path.write_text(
+        head.rstrip("\n") + "\n\n" + SECTION_MARK + "\n" + tail.lstrip("\n")
+    )
+
+
+def render_digits(summary, out, template, docs_dir):
+    image_dir = docs_dir / "img" / "decay_study"
     image_dir.mkdir(parents=True, exist_ok=True)
     for name in ("heatmaps.png", "shrinkage.png"):
         (image_dir / name).write_bytes((out / name).read_bytes())
     rows = []
     for name, entry in summary["variants"].items():
         best = entry["best"]
-        error = (
-            f"{100 * best['test_error_mean']:.2f} ± {100 * best['test_error_std']:.2f}"
-        )
         rows.append(
             f"| `{name}` | {entry['label']} | {entry['decay_meaning']} | "
-            f"{best['learning_rate']:.1e} | {best['weight_decay']:.1e} | {error} | "
+            f"{best['learning_rate']:.1e} | {best['weight_decay']:.1e} | "
+            f"{_error_cell(best, '±')} | "
             f"{_signed(entry['tilt'])} | {_signed(entry['breakdown_slope'])} |"
         )
-    template = (ROOT / "docs" / "decay_study_template.md").read_text()
     slopes = {}
     for name, entry in summary["variants"].items():
         short = name.replace("adamw_", "")
         slopes[f"{short}_tilt"] = _signed(entry["tilt"])
         slopes[f"{short}_breakdown"] = _signed(entry["breakdown_slope"])
-    page = template.format(
+    return template.format(
         **slopes,
         table="\n".join(rows),
         dataset=summary["dataset"],
@@ -544,13 +1339,144 @@ def write_docs(summary, out):
         shrink_high=f"{summary['shrinkage']['coupled_quantiles'][2]:.1e}",
         shrink_decoupled=f"{summary['shrinkage']['decoupled']:.1e}",
     )
-    (ROOT / "docs" / "decay_study.md").write_text(page)
+
+
+def results_table(summary, schedule):
+    block = summary["schedules"][schedule]
+    gains = block.get("decay_gain", {})
+    rows = [
+        "| variant | decay | best lr | best wd | test error % (mean, 95% interval) "
+        "| train-test gap % | gain over no decay (points) | valley slope | "
+        "breakdown slope |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in block["variants"].items():
+        best = entry["best"]
+        low, high = best["test_error_ci95"]
+        ci = "" if low is None else f" [{100 * low:.2f}, {100 * high:.2f}]"
+        edge = " (edge)" if best["at_grid_edge"] else ""
+        gain = gains.get(name)
+        gain_text = (
+            ""
+            if gain is None
+            else f"{100 * gain['difference']:+.2f} {_fmt_interval(gain['ci95'], 100)}"
+        )
+        rows.append(
+            f"| `{name}` | {entry['decay_meaning']} | {best['learning_rate']:.1e} | "
+            f"{best['weight_decay']:.1e}{edge} | "
+            f"{100 * best['test_error_mean']:.2f}{ci} | {100 * best['gap_mean']:.1f} | "
+            f"{gain_text} | {_fmt_slope(entry['tilt'], entry['tilt_ci95'])} | "
+            f"{_fmt_slope(entry['breakdown_slope'], entry['breakdown_ci95'])} |"
+        )
+    return "\n".join(rows)
+
+
+def pairs_table(summary):
+    rows = [
+        "| schedule | decoupled | coupled | coupled minus decoupled, best test "
+        "error (points, 95% interval) | decoupled generalises better | "
+        "abs(coupled slope) minus abs(decoupled slope) | decoupling separates |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for schedule, per in summary["claims"].items():
+        for name, c in per.items():
+            paired = c["generalisation"]["coupled_minus_decoupled"]
+            gap = c["separability"]["abs_slope_difference"]
+            rows.append(
+                f"| {schedule} | `{name}` | `{c['coupled']}` | "
+                f"{100 * paired['difference']:+.2f} "
+                f"{_fmt_interval(paired['ci95'], 100)} | "
+                f"{VERDICT_SHORT[c['generalisation']['verdict']]} | "
+                f"{_signed(gap['difference'])} {_fmt_interval(gap['ci95'])} | "
+                f"{VERDICT_SHORT[c['separability']['verdict']]} |"
+            )
+    return "\n".join(rows)
+
+
+def render_mnist1d(summary, out, template, docs_dir):
+    image_dir = docs_dir / "img" / "decay_study_mnist1d"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(out.glob("*.png")):
+        (image_dir / path.name).write_bytes(path.read_bytes())
+    schedules = list(summary["schedules"])
+    figures = []
+    for schedule in schedules:
+        figures.append(
+            f"![Test error over the grids, {schedule} schedule]"
+            f"(img/decay_study_mnist1d/heatmaps_{schedule}.png)\n\n"
+            f"![Train-test gap over the grids, {schedule} schedule]"
+            f"(img/decay_study_mnist1d/gap_{schedule}.png)"
+        )
+    tables = "\n\n".join(
+        f"**{schedule} schedule**\n\n{results_table(summary, schedule)}"
+        for schedule in schedules
+    )
+    names = ", ".join(
+        f"`{n}`" for n in next(iter(summary["schedules"].values()))["variants"]
+    )
+    return template.format(
+        dataset=summary["dataset"],
+        model=summary["model"],
+        seeds=summary["seeds"],
+        steps=summary["steps"],
+        batch_size=summary["batch_size"],
+        grid=summary["grid"],
+        schedules=" and ".join(schedules),
+        variants=names,
+        seconds=summary["seconds"],
+        minutes=f"{summary['seconds'] / 60:.0f}",
+        timing=timing_text(summary),
+        overfitting=overfitting_sentence(summary),
+        decay_matters=decay_matters_sentence(summary),
+        claim1_adamw=claim_sentence(summary, "separability", "adamw"),
+        claim1_multiplier=claim_sentence(summary, "separability", "adamw_multiplier"),
+        claim2_adamw=claim_sentence(summary, "generalisation", "adamw"),
+        claim2_multiplier=claim_sentence(summary, "generalisation", "adamw_multiplier"),
+        heatmaps="\n\n".join(figures),
+        tables=tables,
+        pairs=pairs_table(summary),
+        separable=SEPARABLE,
+        bootstrap=summary["bootstrap_resamples"],
+        quick=quick_text(study_problems.PROBLEMS[summary["problem"]].quick),
+    )
+
+
+def quick_text(sizes):
+    return (
+        f"{sizes.grid} x {sizes.grid} grids, {sizes.seeds} seeds and "
+        f"{sizes.steps} steps"
+    )
+
+
+def parse_list(text, allowed, what):
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in allowed]
+    if unknown:
+        raise SystemExit(f"unknown {what} {unknown}; choose from {sorted(allowed)}")
+    return items
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="6x6 grids, 400 steps")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--problem", choices=sorted(study_problems.PROBLEMS), default="digits"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller grids, fewer steps and seeds"
+    )
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--grid", type=int, default=None, help="points per grid axis")
+    parser.add_argument(
+        "--families",
+        default=None,
+        help=f"comma-separated, from {', '.join(FAMILIES)} (default: the problem's)",
+    )
+    parser.add_argument(
+        "--schedules",
+        default=None,
+        help="comma-separated, from cosine, constant (default: the problem's)",
+    )
     parser.add_argument("--out", default=None, help="output folder")
     parser.add_argument(
         "--docs", action="store_true", help="also write docs/decay_study.md"
@@ -562,7 +1488,19 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     if args.docs_only:
-        out = pathlib.Path(args.out or ROOT / "runs" / "decay_study")
+        suffix = "" if args.problem == "digits" else f"_{args.problem}"
+        out = pathlib.Path(args.out or ROOT / "runs" / f"decay_study{suffix}")
         write_docs(json.loads((out / "summary.json").read_text()), out)
     else:
-        main(quick=args.quick, out_dir=args.out, docs=args.docs, seeds=args.seeds)
+        main(
+            quick=args.quick,
+            out_dir=args.out,
+            docs=args.docs,
+            seeds=args.seeds,
+            steps=args.steps,
+            grid=args.grid,
+            problem=args.problem,
+            families=args.families and parse_list(args.families, FAMILIES, "family"),
+            schedules=args.schedules
+            and parse_list(args.schedules, SCHEDULES, "schedule"),
+        )

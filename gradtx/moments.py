@@ -411,20 +411,21 @@ def scale_by_adopt(
             nu=init_like(params, nu_dtype),
         )
 
-    def leaf(g, m, v, first, bound):
+    def leaf(g, m, v, rates, bound):
+        # The first step only sets v = g**2 and leaves m, through per-step
+        # scalar rates (b1_t = 1, b2_t = 0, and a unit floor that keeps d
+        # finite where eps is 0); later steps use b1, b2 and eps. Scalars,
+        # not a per-element choice, keep the step one cheap loop.
+        b1_t, c1_t, b2_t, c2_t, floor = rates
         dtype = compute_dtype(g, m, v)
         g_c, m_c, v_c = g.astype(dtype), m.astype(dtype), v.astype(dtype)
-        g_sq = abs_sq(g_c)
-        d = g_c / jnp.maximum(jnp.sqrt(v_c), eps)
+        d = g_c / jnp.maximum(jnp.sqrt(v_c), floor.astype(dtype))
         if use_clipping:
             c = bound.astype(dtype)
             d = jnp.clip(d, -c, c)
-        m_new = b1 * m_c + (1 - b1) * d
-        v_new = b2 * v_c + (1 - b2) * g_sq
-        u = b1 * m_new + (1 - b1) * d if nesterov else m_new
-        m_new = jnp.where(first, m_c, m_new)
-        v_new = jnp.where(first, g_sq, v_new)
-        u = jnp.where(first, jnp.zeros_like(u), u)
+        m_new = b1_t * m_c + c1_t * d
+        v_new = b2_t * v_c + c2_t * abs_sq(g_c)
+        u = b1_t * m_new + c1_t * d if nesterov else m_new
         return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
     def update(
@@ -437,9 +438,16 @@ def scale_by_adopt(
         check_same_tree(fn, "updates", updates, "state.mu", state.mu)
         check_same_tree(fn, "updates", updates, "state.nu", state.nu)
         first = state.count == 0
+        rates = (  # b1, 1 - b1, b2, 1 - b2 and the floor of the step
+            jnp.where(first, 1.0, b1),
+            jnp.where(first, 0.0, 1 - b1),
+            jnp.where(first, 0.0, b2),
+            jnp.where(first, 1.0, 1 - b2),
+            jnp.where(first, 1.0, eps),
+        )
         bound = jnp.asarray(clip_value_fn(state.count)) if use_clipping else None
         updates, mu, nu = map_leaves(
-            functools.partial(leaf, first=first, bound=bound),
+            functools.partial(leaf, rates=rates, bound=bound),
             3,
             updates,
             state.mu,

@@ -5,6 +5,8 @@ transformation is added here in the same commit as the transformation;
 `test_every_public_name_is_covered` fails until it is.
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -239,6 +241,13 @@ def loss(params):
     )
 
 
+@functools.cache
+def plain_step(name):
+    """`make_step(build(name))`, built and compiled once for all the tests."""
+    tx = build(name)
+    return tx, make_step(tx)
+
+
 def make_step(tx):
     def step(params, state):
         grads = jax.grad(loss)(params)
@@ -260,10 +269,9 @@ def test_every_public_name_is_covered():
 
 @pytest.mark.parametrize("name", sorted(CONTRACT))
 def test_state_keeps_its_tree_and_the_step_compiles_once(name):
-    tx = build(name)
+    tx, step = plain_step(name)
     params = make_params()
     state = tx.init(params)
-    step = make_step(tx)
     new_params, new_state = step(params, state)
     spec = jax.tree.map(lambda x: (x.shape, x.dtype), state)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
@@ -297,10 +305,9 @@ def test_low_precision_params_stay_low_precision(name, dtype):
     "name", sorted(n for n in CONTRACT if CONTRACT[n][2] is not None)
 )
 def test_shrinks_a_quadratic(name):
-    tx = build(name)
+    tx, step = plain_step(name)
     params = make_params()
     state = tx.init(params)
-    step = make_step(tx)
     start = float(loss(params))
     for _ in range(100):
         params, state = step(params, state)
@@ -334,9 +341,9 @@ def test_vmap_runs_a_batch_of_independent_problems(name):
 
 @pytest.mark.parametrize("name", sorted(n for n in CONTRACT if n != "chain"))
 def test_same_updates_under_inject_hyperparams(name):
-    tx = build(name)
+    tx, step = plain_step(name)
     injected = build(name, wrap=gradtx.inject_hyperparams)
-    step, injected_step = make_step(tx), make_step(injected)
+    injected_step = make_step(injected)
     params, state = make_params(), tx.init(make_params())
     params_i, state_i = make_params(), injected.init(make_params())
     for _ in range(5):
@@ -356,16 +363,18 @@ def test_same_updates_under_inject_hyperparams(name):
 def test_fused_step_takes_every_optimizer(name):
     # The fused step runs what its kernel knows and the plain step for the
     # rest: the same numbers either way, within its documented bound.
-    tx = build(name)
+    tx, step = plain_step(name)
     fused = gradtx.fused_step(tx)
+
+    @jax.jit
+    def fused_step(params, state):
+        grads = jax.grad(loss)(params)
+        return fused(params, state, grads, loss=loss(params))
+
     params, state = make_params(), tx.init(make_params())
     fused_params, fused_state = params, state
-    step = make_step(tx)
     for _ in range(3):
-        grads = jax.grad(loss)(fused_params)
-        fused_params, fused_state = fused(
-            fused_params, fused_state, grads, loss=loss(fused_params)
-        )
+        fused_params, fused_state = fused_step(fused_params, fused_state)
         params, state = step(params, state)
     chex.assert_trees_all_close(fused_params, params, rtol=1e-5, atol=1e-6)
     assert jax.tree.structure(fused_state) == jax.tree.structure(state)

@@ -46,6 +46,7 @@ from gradtx.base import (
     init_like,
     map_leaves,
     safe_increment,
+    scalar_dtype,
     value_at,
 )
 
@@ -306,7 +307,7 @@ def scale_by_factored_rms(
         trees["state.v"] = state.v
         for which, (name, tree) in enumerate(trees.items()):
             check_same_tree(fn, "updates", expected(updates, which), name, tree)
-        dtype = compute_dtype(*jax.tree.leaves(updates))
+        dtype = scalar_dtype(updates)
         if decay_rate_fn is None:
             # 1 - beta_t is computed directly: 1 - (1 - w) loses the low
             # digits of a small weight w in float32.
@@ -491,7 +492,7 @@ def scale_by_param_block_rms(
         check_same_tree(fn, "updates", updates, "params", params)
         rho = None
         if relative:
-            dtype = compute_dtype(*jax.tree.leaves(updates))
+            dtype = scalar_dtype(updates)
             cap = value_at(max_relative_step, state.count)
             t = (state.count + 1).astype(dtype)
             rho = jnp.minimum(jnp.asarray(cap, dtype), jax.lax.rsqrt(t))

@@ -43,11 +43,23 @@ FAMILY_BYTES = {
     "sign_sgd": 12,
     "signum": 20,
     "rprop": 28,  # the previous gradient and the per-element step size
+    # the training methods of 2025-2026 recipes
+    "muon": 20,  # m; the orthogonalisation adds matrix products, not traffic
+    "prodigy": 40,  # m, v, s read and written, the initial params read
+    "schedule_free_adamw": 36,  # z, and Adam's two moments (the first unused)
+    "schedule_free_sgd": 20,  # z
 }
 FAMILY_OPTIMIZERS = tuple(FAMILY_BYTES)
 BYTES_PER_PARAM.update(FAMILY_BYTES)
 # optax keeps these in optax.contrib.
-_OPTAX_CONTRIB = ("adopt", "ademamix")
+_OPTAX_CONTRIB = (
+    "adopt",
+    "ademamix",
+    "muon",
+    "prodigy",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+)
 # Decoupled weight decay where the optimizer takes one.
 _WITH_DECAY = ("adamaxw", "nadamw", "lion", "lamb")
 
@@ -73,7 +85,9 @@ def _build(lib: Any, name: str) -> Any:
         contrib = name in _OPTAX_CONTRIB and hasattr(lib, "contrib")
         where = lib.contrib if contrib else lib
         decay = {"weight_decay": WEIGHT_DECAY} if name in _WITH_DECAY else {}
-        return getattr(where, name)(LR, **decay)
+        # Prodigy's learning rate multiplies the step size it estimates: 1.0
+        lr = 1.0 if name == "prodigy" else LR
+        return getattr(where, name)(lr, **decay)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {BYTES_PER_PARAM}")
 
 
@@ -172,6 +186,7 @@ _TORCH_FAMILIES = {
         **f,
     ),
     "adafactor": lambda o, p, f: o.Adafactor(p, LR, **f),
+    "muon": lambda o, p, f: _MuonAndAdamW(o, p, f),
     "rprop": lambda o, p, f: o.Rprop(p, LR, **f),
 }
 
@@ -181,3 +196,29 @@ def state_bytes(state: Any) -> int:
     import jax
 
     return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+class _MuonAndAdamW:
+    """torch's Muon recipe: `torch.optim.Muon` on the matrices, AdamW on the rest.
+
+    `torch.optim.Muon` refuses parameters that are not 2-D, so a whole model
+    takes two optimizers, stepped one after the other; `state` holds both.
+    """
+
+    def __init__(self, optim: Any, params: list, flags: dict) -> None:
+        del flags  # Muon takes neither foreach nor fused
+        matrices = [p for p in params if p.ndim == 2]
+        others = [p for p in params if p.ndim != 2]
+        self.parts = [optim.Muon(matrices, LR, eps=EPS)] if matrices else []
+        if others:
+            self.parts.append(
+                optim.AdamW(others, LR, betas=(B1, B2), eps=EPS, foreach=True)
+            )
+
+    @property
+    def state(self) -> dict:
+        return {k: v for part in self.parts for k, v in part.state.items()}
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()

@@ -163,6 +163,65 @@ OPTIMIZERS = {
         "is `adafactor(lr, decay_rate=b, eps=e1, min_scale=e2, clipping_threshold=d, "
         'weight_decay_rate=wd, convention="torch")` here',
     ),
+    "schedule_free_adamw": (
+        "gradtx.schedule_free_adamw(\n"
+        "    learning_rate=2.5e-3, warmup_steps=1000, weight_decay=1e-4\n"
+        ")",
+        "`optax.contrib.schedule_free_adamw(learning_rate, warmup_steps, b1, b2, "
+        "eps, weight_decay)` (same defaults and order); none in torch.optim "
+        "(the `schedulefree` package's `AdamWScheduleFree`)",
+    ),
+    "schedule_free_sgd": (
+        "gradtx.schedule_free_sgd(learning_rate=1.0, warmup_steps=1000)",
+        "`optax.contrib.schedule_free_sgd(learning_rate, warmup_steps, b1, "
+        "weight_decay)` (same defaults and order); none in torch.optim "
+        "(the `schedulefree` package's `SGDScheduleFree`)",
+    ),
+    "muon": (
+        "gradtx.muon(learning_rate=0.02, weight_decay=0.1)",
+        "`optax.contrib.muon(learning_rate, ...)` (same arguments, order and "
+        "defaults); `torch.optim.Muon(lr, weight_decay=wd)` for the matrices plus "
+        '`torch.optim.AdamW` for the rest is `convention="torch"` here',
+    ),
+    "prodigy": (
+        "gradtx.prodigy(\n"
+        "    learning_rate=gradtx.cosine_decay_schedule(1.0, 10_000),\n"
+        "    weight_decay=1e-2,\n"
+        ")",
+        "`optax.contrib.prodigy(learning_rate, betas, beta3, eps, estim_lr0, "
+        "estim_lr_coef, weight_decay, safeguard_warmup)` (same defaults and "
+        "order); none in torch.optim",
+    ),
+    "lbfgs": (
+        "gradtx.lbfgs()",
+        "`optax.lbfgs(learning_rate, memory_size, scale_init_precond, linesearch)` "
+        "(same defaults and numbers); `torch.optim.LBFGS(lr, history_size=h, "
+        "max_iter=1)` is `lbfgs(lr, memory_size=h, linesearch=None, "
+        'convention="torch")`',
+    ),
+    # wrappers around any optimizer
+    "ema_params": (
+        "gradtx.ema_params(gradtx.adamw(1e-3, weight_decay=1e-2), decay=0.999)",
+        "`torch.optim.swa_utils.AveragedModel(model, "
+        "multi_avg_fn=get_ema_multi_avg_fn(decay))`; none in optax",
+    ),
+    "swa_params": (
+        "gradtx.swa_params(gradtx.sgd(0.05, momentum=0.9), every_k=100, "
+        "start_step=7_500)",
+        "`torch.optim.swa_utils.AveragedModel(model)` updated every k steps; "
+        "none in optax",
+    ),
+    "lookahead": (
+        "gradtx.lookahead(gradtx.adam(1e-3), sync_period=6, slow_step_size=0.5)",
+        "`optax.lookahead(fast_optimizer, sync_period, slow_step_size)` with its "
+        "`LookaheadParams`; none in torch.optim",
+    ),
+    "sam": (
+        "gradtx.sam(gradtx.sgd(0.1, momentum=0.9), rho=0.05)",
+        "`optax.contrib.sam(optimizer, adv_optimizer, sync_period, "
+        "opaque_mode=True)` with `adv_optimizer = chain(contrib.normalize(), "
+        "sgd(rho))`; none in torch.optim",
+    ),
 }
 
 
@@ -207,20 +266,26 @@ def summary_line(factory) -> str:
 def links(tx) -> list:
     """The links of a chain in order, each name once.
 
-    A link that wraps another (the inner transformation of `masked`) is
-    followed by the one it wraps.
+    A chain stands for its links. A link that wraps others (the inner
+    transformation of `masked`, the base of `schedule_free`, the groups of
+    `multi_transform`) is followed by the ones it wraps.
     """
     found = []
 
     def visit(link):
+        if link.children:
+            for child in link.children:
+                visit(child)
+            return
         if link.name not in [f.name for f in found]:
             found.append(link)
         for value in link.hyperparams.values():
-            if isinstance(value, gradtx.GradientTransformation) and value.name:
-                visit(value)
+            inner = value.values() if isinstance(value, dict) else [value]
+            for each in inner:  # a transformation, or the groups of multi_transform
+                if isinstance(each, gradtx.GradientTransformation) and each.name:
+                    visit(each)
 
-    for link in tx.children:
-        visit(link)
+    visit(tx)
     return found
 
 

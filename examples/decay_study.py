@@ -28,7 +28,9 @@ live in their state (`inject_hyperparams`). It runs on two problems
 three decoupled AdamW forms; adamw_normalized; sgdw: SGD + L2 and SGDW;
 lion: Lion + L2 and Lion), each variant on its own learning-rate x decay
 grid. `--docs` also writes the problem's section of docs/decay_study.md and
-its figures; `--docs-only` rewrites it from the last run's files. Install
+its figures; `--docs-only` rewrites it from the last run's files, and
+`--replot` redraws the last run's figures from its summary.json (with
+`--docs`, then rewrites the page), neither of them training. Install
 the extras first with `pip install -e '.[examples]'` (the make targets do).
 """
 
@@ -39,6 +41,7 @@ import dataclasses
 import json
 import pathlib
 import sys
+import textwrap
 import time
 
 import jax
@@ -787,11 +790,56 @@ def decay_matters_sentence(summary):
 # figures
 
 
+# Figure sizes: every figure is 7 inches wide, about the width of a page's
+# text column (640 to 700 px), so that text of 10 points reads at 12 to 14 px
+# there; it is saved at 150 dpi (1050 px wide) and each page links the figure
+# to itself, so that a click opens it at that larger size.
+FIG_WIDTH = 7.0
+FIG_DPI = 150
+FONT = {"tick": 10.0, "label": 10.0, "title": 10.5, "suptitle": 11.5}
+SLOPE_CAPTION = (
+    "Valley slope: d log(best decay) / d log(learning rate) along the valley "
+    "of a quadratic surface fitted to the log test error (rows whose best "
+    "cell is within 2x the grid's best). 0: the best decay does not move "
+    "with the learning rate (separable); -1: lr x wd is what matters; "
+    "+1: wd / lr is."
+)
+
+
+def _sci(value):
+    """Two significant digits, as in the tables: 2.7e-02."""
+    return f"{value:.1e}"
+
+
+def _wrap(text, width):
+    """Lines of at most `width` characters, broken before a bracket if one is."""
+    if len(text) <= width or " (" not in text:
+        return textwrap.fill(text, width)
+    head, tail = text.rsplit(" (", 1)
+    return _wrap(head, width) + "\n(" + tail
+
+
+def _caption(fig, text, width=84):
+    """Text under the panels, wrapped to the figure's width."""
+    fig.text(
+        0.5,
+        0.0,
+        textwrap.fill(text, width),
+        ha="center",
+        va="top",
+        fontsize=FONT["label"],
+        color="0.15",
+    )
+
+
 def plot_heatmaps(entries, path, title, key="test_error_mean", kind="error"):
-    """One panel per variant over its lr x wd grid.
+    """One panel per variant over its lr x wd grid, two panels to a row.
 
     kind "error": one log colour scale for every panel, from the best cell
-    of all grids to three times that; "gap": a linear one from 0.
+    of all grids to three times that; "gap": a linear one from 0. Ticks
+    carry two significant digits, as the tables do, the colour bar's the
+    tables' decimals, and a caption under the panels says what the marks
+    and the valley slope mean.
     """
     names = list(entries)
     values = [np.array(entries[n][key]) for n in names]
@@ -800,21 +848,26 @@ def plot_heatmaps(entries, path, title, key="test_error_mean", kind="error"):
         high = 3 * low
         norm, cmap = LogNorm(vmin=low, vmax=high), "viridis_r"
         label = "test error, mean over seeds (darkest: 3x the best or worse)"
+        ticks, decimals = np.geomspace(low, high, 5), 2
     else:
         low, high = 0.0, max(max(v.max() for v in values), 1e-3)
         norm, cmap = Normalize(vmin=low, vmax=high), "magma"
         label = "test error - training error, mean over seeds"
-    cols = 3
+        ticks, decimals = np.linspace(low, high, 5), 1
+    cols = 2
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(
         rows,
         cols,
-        figsize=(4.8 * cols, 4.6 * rows),
-        dpi=110,
+        figsize=(FIG_WIDTH, 3.35 * rows + 1.0),
+        dpi=FIG_DPI,
         layout="constrained",
         squeeze=False,
     )
-    for ax, name, value in zip(axes.ravel(), names, values, strict=False):
+    image = None
+    for index, (ax, name, value) in enumerate(
+        zip(axes.ravel(), names, values, strict=False)
+    ):
         entry = entries[name]
         image = ax.imshow(
             np.clip(value, low, high),
@@ -825,28 +878,61 @@ def plot_heatmaps(entries, path, title, key="test_error_mean", kind="error"):
         )
         lrs, wds = entry["learning_rates"], entry["weight_decays"]
         ax.set_xticks(
-            range(len(wds)), [f"{w:.0e}" for w in wds], rotation=60, fontsize=7
+            range(len(wds)),
+            [_sci(w) for w in wds],
+            rotation=45,
+            ha="right",
+            rotation_mode="anchor",
+            fontsize=FONT["tick"],
         )
-        ax.set_yticks(range(len(lrs)), [f"{v:.0e}" for v in lrs], fontsize=7)
-        ax.set_xlabel(f"weight decay ({entry['decay_meaning']})", fontsize=8)
-        ax.set_ylabel("base learning rate", fontsize=8)
+        ax.set_yticks(range(len(lrs)), [_sci(v) for v in lrs], fontsize=FONT["tick"])
+        ax.set_xlabel(
+            _wrap(f"weight decay ({entry['decay_meaning']})", 40),
+            fontsize=FONT["label"],
+        )
+        if index % cols == 0:
+            ax.set_ylabel("base learning rate", fontsize=FONT["label"])
         tilt_text = "n/a" if entry["tilt"] is None else f"{entry['tilt']:+.2f}"
-        ax.set_title(f"{entry['label']}\nvalley slope {tilt_text}", fontsize=9)
+        ax.set_title(
+            f"{name}: valley slope {tilt_text}\n{_wrap(entry['label'], 40)}",
+            fontsize=FONT["title"],
+        )
         best = entry["best"]
-        ax.plot(best["wd_index"], best["lr_index"], marker="*", color="red", ms=12)
+        ax.plot(
+            best["wd_index"],
+            best["lr_index"],
+            marker="*",
+            color="red",
+            mec="white",
+            mew=0.8,
+            ms=16,
+        )
         mean = np.array(entry["test_error_mean"])
         for i in range(len(lrs)):
             j = int(np.argmin(mean[i]))
-            ax.plot(j, i, marker="o", mfc="none", mec="white", ms=6, lw=0)
+            ax.plot(j, i, marker="o", mfc="none", mec="white", mew=1.5, ms=7, lw=0)
     for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
-    fig.colorbar(
+    bar = fig.colorbar(
         image,
         ax=axes.ravel().tolist(),
         extend="max" if kind == "error" else "neither",
-        label=label,
+        location="bottom",
+        shrink=0.7,
+        aspect=35,
+        pad=0.01,
     )
-    fig.suptitle(title, fontsize=10)
+    bar.set_ticks(ticks, labels=[f"{100 * t:.{decimals}f}%" for t in ticks])
+    bar.ax.minorticks_off()
+    bar.ax.tick_params(labelsize=FONT["tick"])
+    bar.set_label(label, fontsize=FONT["label"])
+    fig.suptitle(textwrap.fill(title, 75), fontsize=FONT["suptitle"])
+    _caption(
+        fig,
+        "Red star: the cell with the lowest mean test error. White circles: "
+        "in each row (each learning rate), the decay with the lowest mean "
+        "test error. " + SLOPE_CAPTION,
+    )
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
@@ -854,13 +940,15 @@ def plot_heatmaps(entries, path, title, key="test_error_mean", kind="error"):
 def plot_slopes(summary, path):
     """Valley and breakdown slopes with their bootstrap intervals."""
     schedules = list(summary["schedules"])
+    n_variants = max(len(b["variants"]) for b in summary["schedules"].values())
     fig, axes = plt.subplots(
         1,
         len(schedules),
-        figsize=(6.0 * len(schedules), 4.2),
-        dpi=110,
+        figsize=(FIG_WIDTH, 1.4 + 0.42 * n_variants),
+        dpi=FIG_DPI,
         squeeze=False,
         sharey=True,
+        layout="constrained",
     )
     for ax, schedule in zip(axes[0], schedules, strict=True):
         entries = summary["schedules"][schedule]["variants"]
@@ -868,11 +956,11 @@ def plot_slopes(summary, path):
         ax.axvspan(-SEPARABLE, SEPARABLE, color="0.92", zorder=0)
         for x in (-1, 0, 1):
             ax.axvline(x, color="0.6", lw=0.8, ls="--" if x else "-")
-        for key, ci_key, colour, offset, label in (
-            ("tilt", "tilt_ci95", "tab:blue", -0.15, "valley slope"),
-            ("breakdown_slope", "breakdown_ci95", "tab:orange", 0.15, "breakdown"),
+        # no legend, which would hide some interval: the caption names colours
+        for key, ci_key, colour, offset in (
+            ("tilt", "tilt_ci95", "tab:blue", -0.15),
+            ("breakdown_slope", "breakdown_ci95", "tab:orange", 0.15),
         ):
-            labelled = False
             for row, name in enumerate(names):
                 value, ci = entries[name][key], entries[name][ci_key]
                 if value is None:
@@ -887,30 +975,33 @@ def plot_slopes(summary, path):
                     fmt="o",
                     color=colour,
                     capsize=3,
-                    label=None if labelled else label,
                 )
-                labelled = True
-        ax.set_yticks(
-            range(len(names)), [entries[n]["label"] for n in names], fontsize=8
-        )
+        ax.set_yticks(range(len(names)), names, fontsize=FONT["tick"])
         ax.invert_yaxis()
-        ax.set_xlabel("d log(best decay) / d log(learning rate)")
-        ax.set_title(f"{schedule} schedule", fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.tick_params(axis="x", labelsize=FONT["tick"])
+        ax.set_xlabel("d log(best decay) / d log(lr)", fontsize=FONT["label"])
+        ax.set_title(f"{schedule} schedule", fontsize=FONT["title"])
     fig.suptitle(
-        "Slopes of the basins, 95% bootstrap intervals over seeds "
-        f"(grey: within +-{SEPARABLE}, nearly separable; -1: lr x wd fixed; "
-        "+1: wd / lr fixed)",
-        fontsize=9,
+        "Slopes of the basins, 95% bootstrap intervals over seeds",
+        fontsize=FONT["suptitle"],
     )
-    fig.tight_layout()
-    fig.savefig(path)
+    _caption(
+        fig,
+        "Blue: valley slope; orange: breakdown slope. "
+        f"Grey band: within +-{SEPARABLE}, nearly separable. -1: lr x wd "
+        "fixed; +1: wd / lr fixed. " + SLOPE_CAPTION.split(". 0:")[0] + ". "
+        "Breakdown slope: the same derivative for the smallest decay whose "
+        "error passes 1.5x the row's best.",
+    )
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
 def plot_curves(summary, path):
     """The no-decay reference at its best learning rate, per schedule."""
-    fig, axes = plt.subplots(1, 3, figsize=(14.0, 3.8), dpi=110)
+    fig, axes = plt.subplots(
+        1, 3, figsize=(FIG_WIDTH, 3.2), dpi=FIG_DPI, layout="constrained"
+    )
     keys = (
         ("train_loss", "training loss", True),
         ("test_error", "test error", False),
@@ -928,48 +1019,95 @@ def plot_curves(summary, path):
                 steps,
                 values.mean(axis=1),
                 color=colour,
-                label=f"{schedule}, lr {o['learning_rate']:.1e}",
+                label=f"{schedule}, lr {_sci(o['learning_rate'])}",
             )
             ax.fill_between(
                 steps, values.min(axis=1), values.max(axis=1), color=colour, alpha=0.2
             )
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("step")
+            ax.set_title(title, fontsize=FONT["title"])
+            ax.set_xlabel("step", fontsize=FONT["label"])
+            ax.tick_params(labelsize=FONT["tick"] - 1)
             if log:
                 ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=FONT["tick"] - 1)
     fig.suptitle(
-        "Adam without weight decay at its best learning rate: mean over seeds, "
-        "band from the lowest to the highest seed",
-        fontsize=10,
+        textwrap.fill(
+            "Adam without weight decay at its best learning rate: mean over "
+            "seeds, band from the lowest to the highest seed",
+            75,
+        ),
+        fontsize=FONT["suptitle"],
     )
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
 def plot_shrinkage(shrink, path):
-    """Per-weight fraction removed by the decay in one step, coupled vs not."""
-    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=110)
-    coupled = shrink["coupled"]
+    """Per-weight fraction removed by the decay in one step, coupled vs not.
+
+    The per-weight values are saved beside the figure (shrinkage.npz), so
+    that `--replot` can redraw it without training.
+    """
+    path = pathlib.Path(path)
+    np.savez(
+        path.with_suffix(".npz"),
+        coupled=np.asarray(shrink["coupled"]),
+        decoupled=shrink["decoupled"],
+        learning_rate=shrink["learning_rate"],
+        weight_decay=shrink["weight_decay"],
+    )
+    fig, ax = plt.subplots(figsize=(FIG_WIDTH, 3.6), dpi=FIG_DPI, layout="constrained")
+    coupled = np.asarray(shrink["coupled"])
     bins = np.logspace(np.log10(coupled.min()), np.log10(coupled.max()), 60)
     ax.hist(
         coupled, bins=bins, color="tab:orange", alpha=0.8, label="Adam + L2 (coupled)"
     )
-    ax.axvline(shrink["decoupled"], color="tab:blue", lw=2.5, label="AdamW (decoupled)")
-    ax.set_xscale("log")
-    ax.set_xlabel("decay step relative to the weight, lr * wd / (sqrt(v_hat) + eps)")
-    ax.set_ylabel("number of weights")
-    ax.set_title(
-        f"Learning rate {shrink['learning_rate']:.0e}, "
-        f"decay {shrink['weight_decay']:.0e}: "
-        "coupled L2 shrinks each weight by a different amount",
-        fontsize=9,
+    ax.axvline(
+        float(shrink["decoupled"]), color="tab:blue", lw=2.5, label="AdamW (decoupled)"
     )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    ax.set_xscale("log")
+    ax.tick_params(labelsize=FONT["tick"])
+    ax.set_xlabel(
+        "decay step relative to the weight, lr * wd / (sqrt(v_hat) + eps)",
+        fontsize=FONT["label"],
+    )
+    ax.set_ylabel("number of weights", fontsize=FONT["label"])
+    ax.set_title(
+        f"Learning rate {_sci(float(shrink['learning_rate']))}, "
+        f"decay {_sci(float(shrink['weight_decay']))}: "
+        "coupled L2 shrinks each weight\nby a different amount",
+        fontsize=FONT["title"],
+    )
+    ax.legend(fontsize=FONT["tick"])
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_digits(summary, out):
+    """The digits heatmaps (the shrinkage figure is drawn from its own data)."""
+    plot_heatmaps(
+        summary["variants"],
+        out / "heatmaps.png",
+        f"Test error on digits, {summary['seeds']} seeds, {summary['steps']} "
+        "steps, cosine schedule",
+    )
+
+
+def replot(out):
+    """Redraw a finished run's figures from its files in `out`; trains nothing."""
+    out = pathlib.Path(out)
+    summary = json.loads((out / "summary.json").read_text())
+    if summary["problem"] == "digits":
+        plot_digits(summary, out)
+        saved = out / "shrinkage.npz"
+        if saved.exists():
+            with np.load(saved) as data:
+                plot_shrinkage(dict(data), out / "shrinkage.png")
+        else:
+            print(f"{saved} missing (an older run): shrinkage.png kept as drawn")
+    else:
+        write_figures(summary, out)
+    return summary
 
 
 def shrinkage(trainer, spec_coupled, lr, wd):
@@ -1139,12 +1277,7 @@ def main(
             ).tolist(),
             "decoupled": shrink["decoupled"],
         }
-        plot_heatmaps(
-            summary["variants"],
-            out / "heatmaps.png",
-            f"Test error on digits, {summary['seeds']} seeds, {summary['steps']} "
-            "steps (star: best cell; circles: best decay per learning rate)",
-        )
+        plot_digits(summary, out)
         plot_shrinkage(shrink, out / "shrinkage.png")
     else:
         write_figures(summary, out)
@@ -1179,8 +1312,7 @@ def write_figures(summary, out):
     """The MNIST-1D figures: heatmaps and gaps per schedule, slopes, curves."""
     for schedule, block in summary["schedules"].items():
         what = (
-            f"{summary['seeds']} seeds, {summary['steps']} steps, {schedule} schedule "
-            "(star: best cell; circles: best decay per learning rate)"
+            f"{summary['seeds']} seeds, {summary['steps']} steps, {schedule} schedule"
         )
         plot_heatmaps(
             block["variants"],
@@ -1338,7 +1470,14 @@ def render_digits(summary, out, template, docs_dir):
         shrink_mid=f"{summary['shrinkage']['coupled_quantiles'][1]:.1e}",
         shrink_high=f"{summary['shrinkage']['coupled_quantiles'][2]:.1e}",
         shrink_decoupled=f"{summary['shrinkage']['decoupled']:.1e}",
+        shrink_spread=_spread(summary["shrinkage"]["coupled_quantiles"]),
     )
+
+
+def _spread(quantiles):
+    """How many times the 95th percentile exceeds the 5th, to two digits."""
+    ratio = float(f"{quantiles[2] / quantiles[0]:.2g}")
+    return f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.1f}"
 
 
 def results_table(summary, schedule):
@@ -1401,12 +1540,12 @@ def render_mnist1d(summary, out, template, docs_dir):
     schedules = list(summary["schedules"])
     figures = []
     for schedule in schedules:
-        figures.append(
-            f"![Test error over the grids, {schedule} schedule]"
-            f"(img/decay_study_mnist1d/heatmaps_{schedule}.png)\n\n"
-            f"![Train-test gap over the grids, {schedule} schedule]"
-            f"(img/decay_study_mnist1d/gap_{schedule}.png)"
-        )
+        for stem, what in (("heatmaps", "Test error"), ("gap", "Train-test gap")):
+            image = f"img/decay_study_mnist1d/{stem}_{schedule}.png"
+            # linked to itself: a click opens the figure at full size
+            figures.append(
+                f"[![{what} over the grids, {schedule} schedule]({image})]({image})"
+            )
     tables = "\n\n".join(
         f"**{schedule} schedule**\n\n{results_table(summary, schedule)}"
         for schedule in schedules
@@ -1486,11 +1625,20 @@ if __name__ == "__main__":
         action="store_true",
         help="rewrite docs/decay_study.md from the last run's files, without training",
     )
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="redraw the last run's figures from its files, without training "
+        "(with --docs, then rewrite docs/decay_study.md and its figures)",
+    )
     args = parser.parse_args()
-    if args.docs_only:
+    if args.docs_only or args.replot:
         suffix = "" if args.problem == "digits" else f"_{args.problem}"
         out = pathlib.Path(args.out or ROOT / "runs" / f"decay_study{suffix}")
-        write_docs(json.loads((out / "summary.json").read_text()), out)
+        if args.replot:
+            replot(out)
+        if args.docs_only or args.docs:
+            write_docs(json.loads((out / "summary.json").read_text()), out)
     else:
         main(
             quick=args.quick,

@@ -33,19 +33,35 @@ from gradtx.aliases import adopt as adopt
 from gradtx.aliases import amsgrad as amsgrad
 from gradtx.aliases import lamb as lamb
 from gradtx.aliases import lars as lars
+from gradtx.aliases import lbfgs as lbfgs
 from gradtx.aliases import lion as lion
+from gradtx.aliases import muon as muon
 from gradtx.aliases import nadam as nadam
 from gradtx.aliases import nadamw as nadamw
 from gradtx.aliases import novograd as novograd
+from gradtx.aliases import prodigy as prodigy
 from gradtx.aliases import radam as radam
 from gradtx.aliases import rmsprop as rmsprop
 from gradtx.aliases import rprop as rprop
+from gradtx.aliases import schedule_free_adamw as schedule_free_adamw
+from gradtx.aliases import schedule_free_sgd as schedule_free_sgd
 from gradtx.aliases import sgd as sgd
 from gradtx.aliases import sgd_l2 as sgd_l2
 from gradtx.aliases import sgdw as sgdw
 from gradtx.aliases import sign_sgd as sign_sgd
 from gradtx.aliases import signum as signum
 from gradtx.aliases import yogi as yogi
+from gradtx.averaging import EmaParamsState as EmaParamsState
+from gradtx.averaging import LookaheadState as LookaheadState
+from gradtx.averaging import ScheduleFreeState as ScheduleFreeState
+from gradtx.averaging import SwaParamsState as SwaParamsState
+from gradtx.averaging import averaged_params as averaged_params
+from gradtx.averaging import ema_params as ema_params
+from gradtx.averaging import lookahead as lookahead
+from gradtx.averaging import lookahead_slow_params as lookahead_slow_params
+from gradtx.averaging import schedule_free as schedule_free
+from gradtx.averaging import schedule_free_eval_params as schedule_free_eval_params
+from gradtx.averaging import swa_params as swa_params
 from gradtx.base import EmptyState as EmptyState
 from gradtx.base import GradientTransformation as GradientTransformation
 from gradtx.base import apply_updates as apply_updates
@@ -88,6 +104,17 @@ from gradtx.moments import scale_by_ademamix as scale_by_ademamix
 from gradtx.moments import scale_by_adopt as scale_by_adopt
 from gradtx.moments import scale_by_belief as scale_by_belief
 from gradtx.moments import scale_by_yogi as scale_by_yogi
+from gradtx.orthogonal import MuonDimensionNumbers as MuonDimensionNumbers
+from gradtx.orthogonal import ScaleByMuonMomentumState as ScaleByMuonMomentumState
+from gradtx.orthogonal import muon_dimension_numbers as muon_dimension_numbers
+from gradtx.orthogonal import muon_mask as muon_mask
+from gradtx.orthogonal import orthogonalize as orthogonalize
+from gradtx.orthogonal import scale_by_muon_momentum as scale_by_muon_momentum
+from gradtx.orthogonal import scale_by_shape as scale_by_shape
+from gradtx.quasi_newton import ScaleByLbfgsState as ScaleByLbfgsState
+from gradtx.quasi_newton import ScaleByZoomLinesearchState as ScaleByZoomLinesearchState
+from gradtx.quasi_newton import scale_by_lbfgs as scale_by_lbfgs
+from gradtx.quasi_newton import scale_by_zoom_linesearch as scale_by_zoom_linesearch
 from gradtx.scaling import ScaleByAdadeltaState as ScaleByAdadeltaState
 from gradtx.scaling import ScaleByAdagradState as ScaleByAdagradState
 from gradtx.scaling import ScaleByAdamState as ScaleByAdamState
@@ -117,8 +144,12 @@ from gradtx.schedules import sgdr_schedule as sgdr_schedule
 from gradtx.schedules import (
     warmup_cosine_decay_schedule as warmup_cosine_decay_schedule,
 )
+from gradtx.self_tuning import ProdigyState as ProdigyState
+from gradtx.self_tuning import scale_by_prodigy as scale_by_prodigy
 from gradtx.sharding import abstract_state as abstract_state
 from gradtx.sharding import state_shardings as state_shardings
+from gradtx.sharpness import SamState as SamState
+from gradtx.sharpness import sam as sam
 from gradtx.sign import ScaleByLionState as ScaleByLionState
 from gradtx.sign import ScaleByRpropState as ScaleByRpropState
 from gradtx.sign import scale_by_lion as scale_by_lion
@@ -155,13 +186,18 @@ __all__ = [
     "AddDecayedWeightsState",
     "AddL1PenaltyState",
     "ApplyIfFiniteState",
+    "EmaParamsState",
     "EmptyState",
     "GradientTransformation",
     "InjectHyperparamsState",
+    "LookaheadState",
     "MaskedState",
     "MultiTransformState",
+    "MuonDimensionNumbers",
+    "ProdigyState",
     "ProximalL1State",
     "ReduceOnPlateauState",
+    "SamState",
     "ScaleByAdadeltaState",
     "ScaleByAdagradState",
     "ScaleByAdamState",
@@ -171,9 +207,11 @@ __all__ = [
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
     "ScaleByFactoredRmsState",
+    "ScaleByLbfgsState",
     "ScaleByLearningRateState",
     "ScaleByLionState",
     "ScaleByMomentumState",
+    "ScaleByMuonMomentumState",
     "ScaleByNadamState",
     "ScaleByNovogradState",
     "ScaleByParamBlockRmsState",
@@ -182,6 +220,9 @@ __all__ = [
     "ScaleByRpropState",
     "ScaleByScheduleState",
     "ScaleByYogiState",
+    "ScaleByZoomLinesearchState",
+    "ScheduleFreeState",
+    "SwaParamsState",
     "abstract_state",
     "accumulate_gradients",
     "adabelief",
@@ -203,6 +244,7 @@ __all__ = [
     "amsgrad",
     "apply_if_finite",
     "apply_updates",
+    "averaged_params",
     "chain",
     "check_state",
     "clip",
@@ -212,6 +254,7 @@ __all__ = [
     "cosine_decay_schedule",
     "cyclic_schedule",
     "describe",
+    "ema_params",
     "exponential_decay",
     "freeze",
     "global_norm",
@@ -222,23 +265,32 @@ __all__ = [
     "lamb",
     "lars",
     "latest_learning_rate",
+    "lbfgs",
     "linear_schedule",
     "lion",
+    "lookahead",
+    "lookahead_slow_params",
     "masked",
     "masks",
     "multi_transform",
+    "muon",
+    "muon_dimension_numbers",
+    "muon_mask",
     "nadam",
     "nadamw",
     "novograd",
     "one_cycle_schedule",
+    "orthogonalize",
     "piecewise_constant_schedule",
     "polynomial_schedule",
+    "prodigy",
     "proximal_l1",
     "radam",
     "reduce_on_plateau",
     "restore_state",
     "rmsprop",
     "rprop",
+    "sam",
     "save_state",
     "scale",
     "scale_by_adadelta",
@@ -250,19 +302,28 @@ __all__ = [
     "scale_by_amsgrad",
     "scale_by_belief",
     "scale_by_factored_rms",
+    "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_momentum",
+    "scale_by_muon_momentum",
     "scale_by_nadam",
     "scale_by_novograd",
     "scale_by_param_block_rms",
+    "scale_by_prodigy",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rprop",
     "scale_by_schedule",
+    "scale_by_shape",
     "scale_by_sign",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+    "scale_by_zoom_linesearch",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
     "set_hyperparams",
     "set_to_zero",
     "sgd",
@@ -272,6 +333,7 @@ __all__ = [
     "sign_sgd",
     "signum",
     "state_shardings",
+    "swa_params",
     "warmup_cosine_decay_schedule",
     "yogi",
 ]

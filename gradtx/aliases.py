@@ -8,8 +8,10 @@ section names.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from gradtx._checks import check_count, check_dtype, check_flag, check_in_range
@@ -19,11 +21,14 @@ from gradtx.adam_variants import (
     scale_by_nadam,
     scale_by_radam,
 )
+from gradtx.averaging import schedule_free
 from gradtx.base import (
     ArrayLike,
     GradientTransformation,
+    Params,
     ScalarOrSchedule,
     chain,
+    identity,
     value_at,
 )
 from gradtx.decay import Mask, add_decayed_weights
@@ -41,6 +46,17 @@ from gradtx.moments import (
     scale_by_belief,
     scale_by_yogi,
 )
+from gradtx.orthogonal import (
+    CONVENTIONS,
+    DEFAULT_NS_COEFFS,
+    DimensionNumbers,
+    check_dims_argument,
+    dims_per_leaf,
+    orthogonalize,
+    scale_by_muon_momentum,
+    scale_by_shape,
+)
+from gradtx.quasi_newton import scale_by_lbfgs, scale_by_zoom_linesearch
 from gradtx.scaling import (
     scale,
     scale_by_adadelta,
@@ -51,12 +67,18 @@ from gradtx.scaling import (
     scale_by_rms,
     scale_by_schedule,
 )
+from gradtx.schedules import linear_schedule
+from gradtx.self_tuning import scale_by_prodigy
 from gradtx.sign import scale_by_lion, scale_by_rprop, scale_by_sign
-from gradtx.wrappers import masked
+from gradtx.wrappers import masked, multi_transform
 
 
 def _momentum_links(
-    fn: str, momentum: ArrayLike | None, nesterov: bool, dampening: ArrayLike = 0.0
+    fn: str,
+    momentum: ArrayLike | None,
+    nesterov: bool,
+    dampening: ArrayLike = 0.0,
+    accumulator_dtype: Any = None,
 ) -> list[GradientTransformation]:
     check_flag(fn, "nesterov", nesterov)
     if momentum is None:
@@ -66,7 +88,18 @@ def _momentum_links(
                 "(for example) or leave them at their defaults"
             )
         return []
-    return [scale_by_momentum(decay=momentum, nesterov=nesterov, dampening=dampening)]
+    link = scale_by_momentum(
+        decay=momentum,
+        nesterov=nesterov,
+        dampening=dampening,
+        accumulator_dtype=accumulator_dtype,
+    )
+    return [link]
+
+
+def _is_set(value: Any) -> bool:
+    """Whether an optional number differs from its default 0 (arrays count)."""
+    return not (isinstance(value, int | float) and value == 0)
 
 
 def sgd(
@@ -75,6 +108,7 @@ def sgd(
     nesterov: bool = False,
     *,
     dampening: ArrayLike = 0.0,
+    accumulator_dtype: Any = None,
 ) -> GradientTransformation:
     """Stochastic gradient descent, with optional (Nesterov) momentum.
 
@@ -87,6 +121,9 @@ def sgd(
         momentum: Momentum coefficient in [0, 1), or None for plain SGD.
         nesterov: Use Nesterov momentum (needs `momentum`).
         dampening: Damping of the gradient in the momentum buffer.
+        accumulator_dtype: Dtype of the momentum buffer (as optax's argument
+            of that name); None keeps each param's dtype. Unused without
+            `momentum`.
 
     Returns:
         A `chain`; the equations are on `scale_by_momentum`.
@@ -101,8 +138,9 @@ def sgd(
         >>> [link.name for link in tx.children]
         ['scale_by_momentum', 'scale_by_learning_rate']
     """
+    accumulator_dtype = check_dtype("sgd", "accumulator_dtype", accumulator_dtype)
     return chain(
-        *_momentum_links("sgd", momentum, nesterov, dampening),
+        *_momentum_links("sgd", momentum, nesterov, dampening, accumulator_dtype),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -116,6 +154,8 @@ def rmsprop(
     centered: bool = False,
     momentum: ArrayLike | None = None,
     nesterov: bool = False,
+    initial_scale: ArrayLike = 0.0,
+    bias_correction: bool = False,
 ) -> GradientTransformation:
     """RMSProp: gradient over the root of an EMA of its square.
 
@@ -131,6 +171,10 @@ def rmsprop(
         centered: Divide by the centred second moment (a variance estimate).
         momentum: Momentum applied to the scaled gradient, or None.
         nesterov: Use Nesterov momentum (needs `momentum`).
+        initial_scale: Starting value of the EMA of the squared gradient, in
+            [0, inf) (torch starts at 0, TensorFlow at 1).
+        bias_correction: Divide the averages by `1 - decay**t` as Adam does
+            (optax's argument of that name).
 
     Returns:
         A `chain`; the equations are on `scale_by_rms` and `scale_by_momentum`.
@@ -148,7 +192,14 @@ def rmsprop(
         [-0.3162, 0.3162]
     """
     return chain(
-        scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt, centered=centered),
+        scale_by_rms(
+            decay=decay,
+            eps=eps,
+            eps_in_sqrt=eps_in_sqrt,
+            centered=centered,
+            initial_scale=initial_scale,
+            bias_correction=bias_correction,
+        ),
         *_momentum_links("rmsprop", momentum, nesterov),
         scale_by_learning_rate(learning_rate),
     )
@@ -186,17 +237,26 @@ def adagrad(
 
 
 def adadelta(
-    learning_rate: ScalarOrSchedule = 1.0, rho: ArrayLike = 0.9, eps: ArrayLike = 1e-6
+    learning_rate: ScalarOrSchedule = 1.0,
+    rho: ArrayLike = 0.9,
+    eps: ArrayLike = 1e-6,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Mask = None,
 ) -> GradientTransformation:
     """Adadelta, which needs no learning rate (it defaults to 1).
 
-    Chain: scale_by_adadelta -> scale_by_learning_rate, so the default
-    descends (optax's `adadelta()` without a learning rate ascends).
+    Chain: [add_decayed_weights] -> scale_by_adadelta ->
+    scale_by_learning_rate, so the default descends (optax's `adadelta()`
+    without a learning rate ascends). A weight decay is coupled (added to
+    the gradient before Zeiler's step), as in optax and torch.
 
     Args:
         learning_rate: Multiplier of Zeiler's step, 1.0 in the paper.
         rho: EMA rate of both averages, in [0, 1).
         eps: Conditioning constant, in (0, inf).
+        weight_decay: Coupled L2 coefficient, a number in [0, inf) or a
+            schedule; at 0 (and no mask) the chain has no decay link.
+        weight_decay_mask: Leaves to decay, as `mask` in `add_decayed_weights`.
 
     Returns:
         A `chain`; the equations are on `scale_by_adadelta`.
@@ -210,8 +270,13 @@ def adadelta(
         >>> bool(jnp.all(u * g < 0))  # descends, unlike optax.adadelta()
         True
     """
+    decay = []
+    if _is_set(weight_decay) or weight_decay_mask is not None:
+        decay = [add_decayed_weights(weight_decay, mask=weight_decay_mask)]
     return chain(
-        scale_by_adadelta(rho=rho, eps=eps), scale_by_learning_rate(learning_rate)
+        *decay,
+        scale_by_adadelta(rho=rho, eps=eps),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -840,10 +905,23 @@ def _nadam_link(
     eps_root: ArrayLike,
     mu_dtype: Any,
     momentum_decay: ArrayLike | None,
+    nesterov: bool = True,
+    fn: str = "nadam",
 ) -> GradientTransformation:
+    check_flag(fn, "nesterov", nesterov)
     if momentum_decay is None:
         return scale_by_adam(
-            b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=True
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nesterov=nesterov,
+        )
+    if not nesterov:
+        raise ValueError(
+            f"{fn}: nesterov=False is plain Adam and has no momentum_decay; "
+            "leave momentum_decay=None"
         )
     return scale_by_nadam(
         b1=b1,
@@ -864,6 +942,7 @@ def nadam(
     mu_dtype: Any = None,
     *,
     momentum_decay: ArrayLike | None = None,
+    nesterov: bool = True,
 ) -> GradientTransformation:
     """NAdam: Adam with Nesterov momentum, in optax's form or torch's.
 
@@ -883,6 +962,9 @@ def nadam(
         mu_dtype: Dtype of the first moment; None keeps the params' dtype.
         momentum_decay: None for optax's NAdam; a number in [0, inf) for
             torch's momentum schedule with that psi.
+        nesterov: True (the default) is NAdam; False turns the first link
+            into plain Adam, as optax's `nadam` (Adam with nesterov=True)
+            allows. Only with `momentum_decay=None`.
 
     Returns:
         A `chain`; the equations are on `scale_by_adam` or `scale_by_nadam`.
@@ -898,8 +980,9 @@ def nadam(
         >>> [link.name for link in tx.children]
         ['scale_by_nadam', 'scale_by_learning_rate']
     """
+    fn = "nadam"
     return chain(
-        _nadam_link(b1, b2, eps, eps_root, mu_dtype, momentum_decay),
+        _nadam_link(b1, b2, eps, eps_root, mu_dtype, momentum_decay, nesterov, fn),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -915,6 +998,7 @@ def nadamw(
     mask: Mask = None,
     *,
     momentum_decay: ArrayLike | None = None,
+    nesterov: bool = True,
 ) -> GradientTransformation:
     """NAdam with decoupled weight decay.
 
@@ -936,6 +1020,9 @@ def nadamw(
         mask: Leaves to decay, as in `add_decayed_weights`.
         momentum_decay: None for optax's NAdam; a number in [0, inf) for
             torch's momentum schedule with that psi.
+        nesterov: True (the default) is NAdam; False turns the first link
+            into plain Adam, as optax's `nadam` (Adam with nesterov=True)
+            allows. Only with `momentum_decay=None`.
 
     Returns:
         A `chain`; the equations are on its links.
@@ -949,8 +1036,9 @@ def nadamw(
         >>> [link.name for link in tx.children]
         ['scale_by_nadam', 'add_decayed_weights', 'scale_by_learning_rate']
     """
+    fn = "nadamw"
     return chain(
-        _nadam_link(b1, b2, eps, eps_root, mu_dtype, momentum_decay),
+        _nadam_link(b1, b2, eps, eps_root, mu_dtype, momentum_decay, nesterov, fn),
         add_decayed_weights(weight_decay, mask=mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -1234,19 +1322,24 @@ def signum(
 
     Each step is `m = beta * m + (1 - beta) * g` and `p -= lr * sign(m)`, as
     optax.signum (the average is not bias-corrected: a positive factor does
-    not change a sign). That is Lion with both rates equal, since then
-    Lion's direction `b1 * m_{t-1} + (1 - b1) * g_t` is the new average
-    itself. Chain: scale_by_lion(b1=beta, b2=beta) -> scale_by_learning_rate.
-    torch.optim has no Signum.
+    not change a sign). Chain: scale_by_momentum(decay=beta,
+    dampening=beta) -> scale_by_sign -> scale_by_learning_rate: the
+    direction is the sign of the average as stored, so a step never points
+    against the state it leaves behind. (Lion with `b1 == b2` is the same
+    method; `scale_by_lion` compares its two terms instead of summing them,
+    which keeps exact ties at zero under `jax.jit` too, at the price of a
+    second pass over the moment that this chain does not pay.) torch.optim
+    has no Signum.
 
     Args:
         learning_rate: Step size, a number in [0, inf) or a schedule.
         beta: EMA rate of the gradient, in [0, 1).
-        accumulator_dtype: Dtype of the average (optax's name for it; it is
-            `mu_dtype` of `scale_by_lion`); None keeps each param's dtype.
+        accumulator_dtype: Dtype of the average; None keeps each param's
+            dtype.
 
     Returns:
-        A `chain`; the equations are on `scale_by_lion`.
+        A `chain`; the equations are on `scale_by_momentum` and
+        `scale_by_sign`.
 
     Raises:
         ValueError: If a hyperparameter is a number outside its range or
@@ -1257,7 +1350,7 @@ def signum(
         >>> import gradtx
         >>> tx = gradtx.signum(0.01, beta=0.9)
         >>> [link.name for link in tx.children]
-        ['scale_by_lion', 'scale_by_learning_rate']
+        ['scale_by_momentum', 'scale_by_sign', 'scale_by_learning_rate']
         >>> state = tx.init(jnp.zeros(1))
         >>> for g in (1.0, -2.0, -20.0):  # averages 0.1, -0.11, -2.099
         ...     u, state = tx.update(jnp.array([g]), state)
@@ -1273,7 +1366,8 @@ def signum(
     check_in_range("signum", "beta", beta, 0.0, 1.0, high_open=True)
     accumulator_dtype = check_dtype("signum", "accumulator_dtype", accumulator_dtype)
     return chain(
-        scale_by_lion(b1=beta, b2=beta, mu_dtype=accumulator_dtype),
+        scale_by_momentum(beta, dampening=beta, accumulator_dtype=accumulator_dtype),
+        scale_by_sign(),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -1792,4 +1886,527 @@ def novograd(
             mu_dtype=mu_dtype,
         ),
         scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# schedule-free: AdamW and SGD (the wrapper is in gradtx/averaging.py)
+
+
+def _warmed_up(fn: str, learning_rate: Any, warmup_steps: int | None) -> Any:
+    """`learning_rate`, or a linear ramp from 0 to it over `warmup_steps`."""
+    if warmup_steps is None:
+        return learning_rate
+    warmup_steps = check_count(fn, "warmup_steps", warmup_steps, 0)
+    if callable(learning_rate):
+        raise TypeError(
+            f"{fn}: with warmup_steps, learning_rate must be a number (the peak "
+            "rate); put a warmup into the schedule itself instead"
+        )
+    if warmup_steps == 0:
+        return learning_rate
+    return linear_schedule(0.0, learning_rate, warmup_steps)
+
+
+def schedule_free_adamw(
+    learning_rate: ScalarOrSchedule = 0.0025,
+    warmup_steps: int | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_lr_power: ArrayLike = 2.0,
+    state_dtype: Any = None,
+    *,
+    mask: Mask = None,
+) -> GradientTransformation:
+    """Schedule-free AdamW: Adam without momentum, made schedule-free.
+
+    Chain: schedule_free(scale_by_rms(bias_correction=True) ->
+    add_decayed_weights -> scale_by_learning_rate). The base chain divides
+    each gradient by the root of Adam's bias-corrected second moment (Adam
+    with b1 = 0, keeping no first moment), adds the decoupled decay
+    `weight_decay * y` at the gradient point y, and scales by the learning
+    rate; `schedule_free` then averages and interpolates (equations there).
+    `b1` is the interpolation weight, not a moment rate. Evaluate at
+    `schedule_free_eval_params(state, params)`.
+
+    The names, order and defaults are optax.contrib's `schedule_free_adamw`,
+    whose base chain is the same.
+
+    Args:
+        learning_rate: Peak step size, a number in [0, inf), or a schedule
+            (then without `warmup_steps`).
+        warmup_steps: Length of a linear warmup from 0 to `learning_rate`, an
+            int in [0, inf), or None for none.
+        b1: Weight of the average x in the gradient point y, in (0, 1].
+        b2: EMA rate of the second moment, in [0, 1).
+        eps: Added to the denominator outside the root, in [0, inf).
+        weight_decay: Decoupled decay rate per unit of learning rate, a
+            number in [0, inf) or a schedule.
+        weight_lr_power: Power of the learning rate in the averaging weight,
+            in [0, inf).
+        state_dtype: Dtype of z; None keeps each param's dtype.
+        mask: Leaves to decay, as in `add_decayed_weights`.
+
+    Returns:
+        A `schedule_free` wrapper around the chain.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+        TypeError: If `warmup_steps` is given with a schedule.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.schedule_free_adamw(1e-3, warmup_steps=100, weight_decay=1e-4)
+        >>> [link.name for link in tx.hyperparams["base_optimizer"].children]
+        ['scale_by_rms', 'add_decayed_weights', 'scale_by_learning_rate']
+
+    References:
+        Defazio et al., "The Road Less Scheduled", NeurIPS 2024.
+    """
+    fn = "schedule_free_adamw"
+    check_in_range(fn, "b2", b2, 0.0, 1.0, high_open=True)
+    check_in_range(fn, "eps", eps, 0.0)
+    lr = _warmed_up(fn, learning_rate, warmup_steps)
+    base = chain(
+        scale_by_rms(decay=b2, eps=eps, bias_correction=True),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(lr),
+    )
+    return schedule_free(
+        base,
+        learning_rate=lr,
+        b1=b1,
+        weight_lr_power=weight_lr_power,
+        state_dtype=state_dtype,
+    )
+
+
+def schedule_free_sgd(
+    learning_rate: ScalarOrSchedule = 1.0,
+    warmup_steps: int | None = None,
+    b1: ArrayLike = 0.9,
+    weight_decay: ScalarOrSchedule | None = None,
+    weight_lr_power: ArrayLike = 2.0,
+    state_dtype: Any = None,
+    *,
+    mask: Mask = None,
+) -> GradientTransformation:
+    """Schedule-free SGD: plain gradient steps on z, averaged and interpolated.
+
+    Chain: schedule_free([add_decayed_weights ->] scale_by_learning_rate).
+    The base step is `-lr * (g + weight_decay * y)`: the decay, if any, is
+    coupled (added to the gradient taken at y), as in optax.contrib's
+    `schedule_free_sgd`, whose names, order and defaults these are. The
+    averaging and interpolation are on `schedule_free`. Evaluate at
+    `schedule_free_eval_params(state, params)`.
+
+    Args:
+        learning_rate: Peak step size, a number in [0, inf), or a schedule
+            (then without `warmup_steps`).
+        warmup_steps: Length of a linear warmup from 0 to `learning_rate`, an
+            int in [0, inf), or None for none.
+        b1: Weight of the average x in the gradient point y, in (0, 1].
+        weight_decay: Coupled L2 decay rate, a number in [0, inf) or a
+            schedule, or None for no decay link.
+        weight_lr_power: Power of the learning rate in the averaging weight,
+            in [0, inf).
+        state_dtype: Dtype of z; None keeps each param's dtype.
+        mask: Leaves to decay, as in `add_decayed_weights`.
+
+    Returns:
+        A `schedule_free` wrapper around the chain.
+
+    Raises:
+        ValueError: If a hyperparameter is out of range.
+        TypeError: If `warmup_steps` is given with a schedule.
+
+    Examples:
+        >>> import gradtx
+        >>> tx = gradtx.schedule_free_sgd(0.5, weight_decay=1e-3)
+        >>> [link.name for link in tx.hyperparams["base_optimizer"].children]
+        ['add_decayed_weights', 'scale_by_learning_rate']
+
+    References:
+        Defazio et al., "The Road Less Scheduled", NeurIPS 2024.
+    """
+    fn = "schedule_free_sgd"
+    lr = _warmed_up(fn, learning_rate, warmup_steps)
+    decay = [] if weight_decay is None else [add_decayed_weights(weight_decay, mask)]
+    base = chain(*decay, scale_by_learning_rate(lr))
+    return schedule_free(
+        base,
+        learning_rate=lr,
+        b1=b1,
+        weight_lr_power=weight_lr_power,
+        state_dtype=state_dtype,
+    )
+
+
+# ----------------------------------------------------------------------------
+# learning-rate-free: Prodigy (its link in gradtx/self_tuning.py)
+
+
+def prodigy(
+    learning_rate: ScalarOrSchedule = 1.0,
+    betas: tuple[ArrayLike, ArrayLike] = (0.9, 0.999),
+    beta3: ArrayLike | None = None,
+    eps: ArrayLike = 1e-8,
+    estim_lr0: ArrayLike = 1e-6,
+    estim_lr_coef: ArrayLike = 1.0,
+    weight_decay: ArrayLike = 0.0,
+    safeguard_warmup: bool = False,
+    *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    """Prodigy: AdamW whose step size d is estimated as it goes.
+
+    Chain: scale_by_prodigy -> scale_by_learning_rate, each given the same
+    `learning_rate`, so each step is `p -= lr * d * c_t * (adam_step +
+    weight_decay * p)` with the estimate d and Adam's bias correction c_t
+    (the equations are on `scale_by_prodigy`). The learning rate is a
+    multiplier on d: keep it at 1.0, or give a schedule that starts at (or
+    warms up to) 1.0 and decays, such as a cosine or linear decay to 0.
+
+    The signature, defaults and positional order are optax's
+    `optax.contrib.prodigy` (0.2.8), and the steps are the same; only
+    `mu_dtype` and `nu_dtype` are added. torch.optim has no Prodigy.
+
+    Args:
+        learning_rate: Multiplier on d, a number in [0, inf) or a schedule.
+        betas: (b1, b2), the EMA rates of Adam's two moments, each in [0, 1).
+        beta3: EMA rate of the sums behind d, in [0, 1); None is sqrt(b2).
+        eps: Added to the root of the second moment (times d), in [0, inf).
+        estim_lr0: The first estimate d_0, in (0, inf): an underestimate.
+        estim_lr_coef: Multiplies every new estimate, in [0, inf).
+        weight_decay: Decoupled decay in units of d, in [0, inf).
+        safeguard_warmup: Leave the learning rate out of the denominator of
+            the estimate (for a warmup from 0).
+        mu_dtype: Dtype of the first moment; None keeps each param's dtype,
+            except float32 for float16 params (see `nu_dtype`).
+        nu_dtype: Dtype of the second moment; None keeps each param's dtype,
+            except float32 for float16 params: both moments and the sum s
+            hold d * g with d near estim_lr0 = 1e-6 at first, and in float16
+            (d * g)**2 underflows to 0, which would make the first steps
+            huge. Pass float16 explicitly to keep them in float16.
+
+    Returns:
+        A `chain`; the equations are on its links. Its update needs `params`.
+
+    Raises:
+        ValueError: If a hyperparameter is a number outside its range or
+            `mu_dtype` or `nu_dtype` is not a floating-point dtype.
+        TypeError: If `betas` is not a pair or `safeguard_warmup` not a bool.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> from gradtx import prodigy
+        >>> tx = prodigy(gradtx.cosine_decay_schedule(1.0, 1000))
+        >>> [link.name for link in tx.children]
+        ['scale_by_prodigy', 'scale_by_learning_rate']
+        >>> params = jnp.array([1.0, -1.0])
+        >>> u, state = tx.update(jnp.array([0.5, -2.0]), tx.init(params), params)
+        >>> [round(float(x) / 1e-6, 4) for x in u]  # -lr * d_0 * sign(g)
+        [-1.0, 1.0]
+
+    References:
+        Mishchenko and Defazio, "Prodigy: An Expeditiously Adaptive
+        Parameter-Free Learner", ICML 2024 (arXiv:2306.06101, 2023).
+    """
+    return chain(
+        scale_by_prodigy(
+            learning_rate,
+            betas,
+            beta3,
+            eps,
+            estim_lr0,
+            estim_lr_coef,
+            weight_decay,
+            safeguard_warmup,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+        ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# Muon (its links in gradtx/orthogonal.py)
+
+
+def muon(
+    learning_rate: ScalarOrSchedule,
+    ns_coeffs: Sequence[Any] | str = DEFAULT_NS_COEFFS,
+    ns_steps: int = 5,
+    beta: ArrayLike = 0.95,
+    eps: ArrayLike = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Mask = None,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = True,
+    adaptive: bool = False,
+    preconditioning: str = "frobenius",
+    adam_b1: ArrayLike = 0.9,
+    adam_b2: ArrayLike = 0.999,
+    adam_eps_root: ArrayLike = 0.0,
+    adam_weight_decay: ScalarOrSchedule = 0.0,
+    adam_learning_rate: ScalarOrSchedule | None = None,
+    muon_weight_dimension_numbers: DimensionNumbers = None,
+    consistent_rms: ArrayLike | None = None,
+    convention: str = "optax",
+    adjust_lr_fn: str | None = None,
+    ns_dtype: Any = None,
+) -> GradientTransformation:
+    """Muon for the matrices, AdamW for every other leaf.
+
+    Chain, per parameter group (`multi_transform`), the matrices chosen by
+    `muon_weight_dimension_numbers` (by default: every 2-D leaf):
+
+    - "muon": scale_by_muon_momentum -> orthogonalize -> scale_by_shape ->
+      add_decayed_weights -> scale_by_learning_rate, so each matrix moves by
+      `-lr * (shape_factor * NS(momentum) + weight_decay * p)`;
+    - "adam": scale_by_adam -> add_decayed_weights -> scale_by_learning_rate
+      (AdamW with `adam_*`, `eps` and `nesterov`, as in optax).
+
+    The arguments, their order and defaults are optax.contrib.muon's: flax's
+    `(in, out)` kernels, debiased Nesterov momentum, `eps` added to the norm.
+    `convention="torch"` gives torch.optim.Muon's form instead: its momentum
+    (a plain EMA `m`, the step `lerp(g, m, beta)`), the norm clamped at
+    `eps`, 2-D leaves read as torch's `(out, in)` weights for the shape
+    factor, and plain (non-Nesterov) AdamW for the other leaves. Its
+    decoupled decay `p *= 1 - lr * wd` is this same chain. torch's defaults
+    differ (`weight_decay=0.1`, `eps=1e-7`): pass them to match. torch runs
+    the iteration in bfloat16; `ns_dtype=jnp.bfloat16` does too.
+
+    Args:
+        learning_rate: Step size, a number in [0, inf) or a schedule.
+        ns_coeffs: Newton-Schulz coefficients (a, b, c), a table of them or a
+            preset name, as in `orthogonalize`.
+        ns_steps: Newton-Schulz iterations, an int >= 1.
+        beta: EMA rate of the momentum, in [0, 1).
+        eps: Added to the norm before the iteration (and AdamW's eps), in
+            [0, inf).
+        weight_decay: Decoupled decay of the matrices, in [0, inf), or a
+            schedule.
+        weight_decay_mask: Matrices to decay, as in `add_decayed_weights`
+            (a function of the params is called on the matrices' tree).
+        mu_dtype: Dtype of both momenta; None keeps the params' dtype.
+        nesterov: Nesterov momentum (for AdamW too, under optax's
+            convention).
+        adaptive: Scale by the dual norm, as in `orthogonalize`.
+        preconditioning: "frobenius" or "spectral" (optax's "aol" and
+            "schatten" are not offered).
+        adam_b1: AdamW's first-moment rate, in [0, 1).
+        adam_b2: AdamW's second-moment rate, in [0, 1).
+        adam_eps_root: AdamW's eps under the root, in [0, inf).
+        adam_weight_decay: AdamW's decoupled decay, in [0, inf).
+        adam_learning_rate: AdamW's step size; None for `learning_rate`.
+        muon_weight_dimension_numbers: Which leaves are matrices and how
+            (see `orthogonalize`; None entries go to AdamW); a function of
+            the params such as `muon_dimension_numbers` also works. None:
+            2-D leaves are matrices.
+        consistent_rms: Target RMS of the matrices' updates, or None for
+            width scaling, as in `scale_by_shape`.
+        convention: "optax" or "torch", as above.
+        adjust_lr_fn: torch's name for the shape factor, as in
+            `scale_by_shape`.
+        ns_dtype: Dtype of the iteration; None for at least float32.
+
+    Returns:
+        A `multi_transform` of two `chain`s; the equations are on the links.
+
+    Raises:
+        ValueError: If a hyperparameter is outside its range or a string
+            argument is not one of its choices.
+        TypeError: If a flag is not a bool.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import muon
+        >>> tx = muon(0.02)
+        >>> [link.name for link in tx.hyperparams["transforms"]["muon"].children]
+        ['scale_by_muon_momentum', 'orthogonalize', 'scale_by_shape', \
+'add_decayed_weights', 'scale_by_learning_rate']
+        >>> params = {"w": jnp.eye(2), "b": jnp.zeros(2)}
+        >>> u, _ = tx.update(params, tx.init(params), params)
+        >>> jnp.round(u["w"], 3)
+        Array([[-0.022, -0.   ],
+               [-0.   , -0.022]], dtype=float32)
+
+    References:
+        Jordan et al., "Muon: An optimizer for hidden layers in neural
+        networks", 2024, https://kellerjordan.github.io/posts/muon/.
+        Liu et al., "Muon is Scalable for LLM Training", 2025,
+        arXiv:2502.16982.
+    """
+    fn = "muon"
+    if convention not in CONVENTIONS:
+        raise ValueError(
+            f"{fn}: convention must be 'optax' or 'torch', got {convention!r}"
+        )
+    check_flag(fn, "nesterov", nesterov)
+    if not callable(learning_rate):
+        check_in_range(fn, "learning_rate", learning_rate, 0.0)
+    check_in_range(fn, "weight_decay", weight_decay, 0.0)
+    check_in_range(fn, "adam_weight_decay", adam_weight_decay, 0.0)
+    if adam_learning_rate is not None and not callable(adam_learning_rate):
+        check_in_range(fn, "adam_learning_rate", adam_learning_rate, 0.0)
+    torch_form = convention == "torch"
+    layout = "out_in" if torch_form else "in_out"
+    dims = muon_weight_dimension_numbers
+    check_dims_argument(fn, dims)
+
+    def labels(params: Params) -> Any:
+        per_leaf = dims_per_leaf(fn, dims, params, layout)
+        treedef = jax.tree.structure(params)
+        return treedef.unflatten(["adam" if d is None else "muon" for d in per_leaf])
+
+    matrices = chain(
+        scale_by_muon_momentum(
+            beta, nesterov=nesterov, debias=not torch_form, mu_dtype=mu_dtype
+        ),
+        orthogonalize(
+            ns_coeffs,
+            ns_steps,
+            eps,
+            weight_dimension_numbers=dims,
+            layout=layout,
+            preconditioning=preconditioning,
+            clamp_norm=torch_form,
+            adaptive=adaptive,
+            ns_dtype=ns_dtype,
+        ),
+        scale_by_shape(dims, consistent_rms, layout=layout, adjust_lr_fn=adjust_lr_fn),
+        add_decayed_weights(weight_decay, weight_decay_mask),
+        scale_by_learning_rate(learning_rate),
+    )
+    others = chain(
+        scale_by_adam(
+            adam_b1,
+            adam_b2,
+            eps,
+            adam_eps_root,
+            mu_dtype,
+            nesterov=nesterov and not torch_form,
+        ),
+        add_decayed_weights(adam_weight_decay),
+        scale_by_learning_rate(
+            learning_rate if adam_learning_rate is None else adam_learning_rate
+        ),
+    )
+    return multi_transform({"muon": matrices, "adam": others}, labels)
+
+
+# ----------------------------------------------------------------------------
+# L-BFGS (its links in gradtx/quasi_newton.py)
+
+
+# optax.lbfgs's default search: 'one' as the first trial, since the L-BFGS
+# direction is already scaled like a Newton step.
+_LBFGS_LINESEARCH = scale_by_zoom_linesearch(
+    max_linesearch_steps=20, initial_guess_strategy="one"
+)
+
+
+def lbfgs(
+    learning_rate: ScalarOrSchedule | None = None,
+    memory_size: int = 10,
+    scale_init_precond: bool = True,
+    linesearch: GradientTransformation | None = _LBFGS_LINESEARCH,
+    *,
+    convention: str = "optax",
+) -> GradientTransformation:
+    """L-BFGS: a quasi-Newton direction and a strong-Wolfe line search.
+
+    Chain: scale_by_lbfgs -> scale(-1) (or scale_by_learning_rate when
+    `learning_rate` is given) -> linesearch (when not None). One `update` is
+    one L-BFGS iteration: it needs `params` and the keyword extras of the
+    line search, `value_fn=` (the objective), and `value=`, `grad=` at the
+    params (computed by the line search when omitted). Arguments, their
+    order and defaults are optax.lbfgs's; `convention` is a keyword-only
+    addition.
+
+    How it differs from torch.optim.LBFGS (each `torch.optim.LBFGS.step`
+    with `max_iter=1` is one `update` here):
+
+    - memory: `memory_size=10` here (optax's default), `history_size=100`
+      in torch.
+    - first step: here the direction is g / max(1, |g|_2) and the line
+      search starts at 1; torch steps `lr * min(1, 1 / |g|_1)` along -g.
+    - curvature pairs: torch stores a pair only when s'y > 1e-10 and keeps
+      the previous gamma otherwise; here (optax's rule) every pair is
+      stored, one with s'y == 0 with weight 0 and one with s'y < 0 with its
+      negative weight (a successful strong-Wolfe search gives s'y > 0).
+    - line search: torch has none by default (a fixed step `lr`) and its
+      own strong-Wolfe search with `line_search_fn="strong_wolfe"` (not
+      reproduced here); here the zoom search is the default and
+      `linesearch=None` gives fixed steps.
+    - stopping: torch's `step(closure)` runs up to `max_iter=20` iterations
+      per call and stops early on `tolerance_grad` (max |g| <= 1e-7) or
+      `tolerance_change`; here each `update` is one iteration and the
+      caller's loop decides when to stop.
+
+    `convention="torch"` takes torch's first step and pair rule (see
+    `scale_by_lbfgs`), so that `lbfgs(lr, memory_size=h, linesearch=None,
+    convention="torch")` is `torch.optim.LBFGS(params, lr, max_iter=1,
+    history_size=h)` step for step.
+
+    Args:
+        learning_rate: None (the line search alone sets the step), or a
+            fixed step in [0, inf) or a schedule multiplying the direction
+            before the line search.
+        memory_size: Number of (s, y) pairs kept, an int >= 1.
+        scale_init_precond: Scale the initial inverse Hessian by s'y / y'y.
+        linesearch: The line search link, or None for none.
+        convention: "optax" (the default) or "torch": the direction's first
+            step and curvature-pair rule, as above.
+
+    Returns:
+        A `chain`; the equations are on its links.
+
+    Raises:
+        ValueError: If a hyperparameter is outside its range or `convention`
+            is unknown.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import gradtx
+        >>> def f(w):
+        ...     return jnp.sum(jnp.array([1.0, 10.0]) * (w - 2.0) ** 2)
+        >>> tx = gradtx.lbfgs()
+        >>> [link.name for link in tx.children]
+        ['scale_by_lbfgs', 'scale', 'scale_by_zoom_linesearch']
+        >>> @jax.jit
+        ... def step(w, state):
+        ...     value, grad = jax.value_and_grad(f)(w)
+        ...     u, state = tx.update(grad, state, w, value=value, grad=grad, value_fn=f)
+        ...     return gradtx.apply_updates(w, u), state
+        >>> w = jnp.zeros(2)
+        >>> state = tx.init(w)
+        >>> for _ in range(5):
+        ...     w, state = step(w, state)
+        >>> [round(float(x), 4) for x in w]
+        [2.0, 2.0]
+
+    References:
+        Nocedal and Wright, "Numerical Optimization", 2nd ed., Springer 2006,
+        Algorithms 3.5, 3.6, 7.4 and 7.5.
+    """
+    if learning_rate is None:
+        step = scale(-1.0)
+    else:
+        step = scale_by_learning_rate(learning_rate)
+    return chain(
+        scale_by_lbfgs(
+            memory_size=memory_size,
+            scale_init_precond=scale_init_precond,
+            convention=convention,
+        ),
+        step,
+        identity() if linesearch is None else linesearch,
     )

@@ -130,7 +130,7 @@ def _scaled_norm(tree: Updates) -> tuple[jax.Array, jax.Array]:
                 x = x.astype(dtype) * c_x
             return jnp.sum(abs_sq(x.astype(dtype))).astype(real)
 
-        return _sum_over_leaves(leaf_sum, leaves)
+        return sum_over_leaves(leaf_sum, leaves)
 
     # Overflow: scaled down, every |c*x|**2 is finite unless the norm is not.
     # Underflow: every |x| is below 2**(minexp/2), and scaled up it is normal.
@@ -180,7 +180,7 @@ _SMALL_LEAF = 1 << 14
 _PIECE = 1 << 15
 
 
-def _sum_over_leaves(leaf_sum: Any, leaves: list[jax.Array]) -> jax.Array:
+def sum_over_leaves(leaf_sum: Any, leaves: list[jax.Array]) -> jax.Array:
     """`sum(leaf_sum(x) for x in leaves)`, for one or more leaves.
 
     `leaf_sum` maps an array to a scalar that adds up over pieces of it and

@@ -115,9 +115,11 @@ def _split_hyperparams(
 
 
 def inject_hyperparams(
-    factory: Callable[..., GradientTransformation],
+    factory: Callable[..., GradientTransformation] | None = None,
     static_args: str | Iterable[str] = (),
     hyperparam_dtype: Any = None,
+    *,
+    inner_factory: Callable[..., GradientTransformation] | None = None,
 ) -> Callable[..., GradientTransformation]:
     """Make an optimizer's numeric hyperparameters part of its state.
 
@@ -150,6 +152,7 @@ def inject_hyperparams(
             `gradtx.adamw`, or any factory of `(init, update)` pairs.
         static_args: Names of arguments never to inject.
         hyperparam_dtype: Dtype of the stored values; None for float32.
+        inner_factory: optax's name for `factory`, accepted instead of it.
 
     Returns:
         A function taking the factory's arguments and returning a
@@ -158,6 +161,8 @@ def inject_hyperparams(
 
     Raises:
         ValueError: If `static_args` names an argument the factory lacks.
+        TypeError: If neither or both of `factory` and `inner_factory` are
+            given.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -171,6 +176,13 @@ def inject_hyperparams(
         >>> {k: round(float(v), 4) for k, v in state.hyperparams.items()}
         {'learning_rate': 0.08, 'momentum': 0.9}
     """
+    if (factory is None) == (inner_factory is None):
+        raise TypeError(
+            "inject_hyperparams: give the factory once, as factory= or as its "
+            "optax spelling inner_factory="
+        )
+    factory = factory or inner_factory
+    assert factory is not None
     if isinstance(static_args, str):
         static_args = (static_args,)
     static_names = set(static_args)
@@ -401,15 +413,16 @@ class ReduceOnPlateauState(NamedTuple):
 def reduce_on_plateau(
     factor: float = 0.1,
     patience: int = 10,
-    cooldown: int = 0,
-    min_scale: float = 0.0,
     rtol: float = 1e-4,
     atol: float = 0.0,
+    cooldown: int = 0,
     accumulation_size: int = 1,
+    min_scale: float = 0.0,
 ) -> GradientTransformation:
     """Scale updates down by `factor` when the loss stops improving.
 
-    Reads the loss from `update(..., loss=value)`. Losses are averaged over
+    Reads the loss from `update(..., loss=x)`, or from `value=x`, optax's
+    name for it (giving both is a TypeError). Losses are averaged over
     `accumulation_size` calls; each average is one evaluation, which follows
     torch's `ReduceLROnPlateau` (mode "min") exactly::
 
@@ -424,18 +437,20 @@ def reduce_on_plateau(
     taken into account. torch's `threshold_mode="rel"` with `threshold=x` is
     `rtol=x, atol=0`; `"abs"` is `rtol=0, atol=x`; its `min_lr` is
     `min_scale * lr`. Unlike torch, a reduction below `min_scale` is never
-    skipped for being smaller than torch's `eps`.
+    skipped for being smaller than torch's `eps`. The arguments come in
+    optax's positional order; optax's `patience=p` reduces at the p-th bad
+    evaluation in a row, which is `patience=p - 1` here.
 
     Args:
         factor: Multiplier applied at each reduction, in (0, 1).
         patience: Evaluations without improvement tolerated before reducing,
             an integer >= 0.
-        cooldown: Evaluations after a reduction during which no bad step is
-            counted, an integer >= 0.
-        min_scale: The scale never goes below this, in [0, 1].
         rtol: Relative improvement required, in [0, 1).
         atol: Absolute improvement required, in [0, inf).
+        cooldown: Evaluations after a reduction during which no bad step is
+            counted, an integer >= 0.
         accumulation_size: Number of losses averaged per evaluation, >= 1.
+        min_scale: The scale never goes below this, in [0, 1].
 
     Returns:
         A `GradientTransformation` whose state is a `ReduceOnPlateauState`.
@@ -443,6 +458,7 @@ def reduce_on_plateau(
     Raises:
         ValueError: If an argument is outside its range; at update, if no
             `loss` keyword is given.
+        TypeError: At update, if both `loss` and `value` are given.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -500,11 +516,17 @@ def reduce_on_plateau(
         **extra: Any,
     ) -> tuple[Updates, ReduceOnPlateauState]:
         del params
-        if extra.get("loss") is None:
+        given = [k for k in ("loss", "value") if extra.get(k) is not None]
+        if len(given) == 2:
+            raise TypeError(
+                f"{fn}: loss= and its optax spelling value= mean the same thing; "
+                "give one of them"
+            )
+        if not given:
             raise ValueError(
                 f"{fn} reads the loss: call update(updates, state, params, loss=value)"
             )
-        loss = jnp.asarray(extra["loss"], jnp.float32)
+        loss = jnp.asarray(extra[given[0]], jnp.float32)
         if loss.shape != ():
             raise ValueError(f"{fn}: loss must be a scalar, got shape {loss.shape}")
         count = state.count + 1

@@ -8,6 +8,8 @@ incoming updates, moments the dtype they were created with.
 from __future__ import annotations
 
 import functools
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -32,6 +34,9 @@ from gradtx.base import (
     safe_increment,
     scalar_dtype,
 )
+
+# scale_by_rms has an argument named bias_correction, like optax's.
+_one_minus_power = bias_correction
 
 
 def adam_factors(
@@ -60,10 +65,81 @@ def _multiply(updates: Updates, factor: ArrayLike) -> Updates:
     return jax.tree.map(leaf, updates)
 
 
+def optax_spelling(
+    renames: Mapping[str, str], quiet_defaults: Mapping[str, Any] | None = None
+) -> Callable[[Callable[..., GradientTransformation]], Any]:
+    """Let a `described` factory also take optax's keyword names.
+
+    `renames` maps an optax keyword to the gradtx argument of the same
+    meaning: the optax one becomes a keyword-only alias, and giving both is a
+    TypeError naming both. Arguments listed in `quiet_defaults` are left out
+    of `describe` while they hold that default, so that printing a chain is
+    unchanged for code that never sets them. The built transformation names
+    the decorated function as its factory.
+    """
+    quiet = dict(quiet_defaults or {})
+
+    def decorate(factory: Callable[..., GradientTransformation]) -> Any:
+        signature = inspect.signature(factory)
+        fn = factory.__name__
+
+        @functools.wraps(factory)
+        def build(*args, **kwargs):
+            for optax_name, name in renames.items():
+                if optax_name not in kwargs:
+                    continue
+                value = kwargs.pop(optax_name)
+                if name in signature.bind_partial(*args, **kwargs).arguments:
+                    raise TypeError(
+                        f"{fn}: {name}= and its optax spelling {optax_name}= "
+                        "mean the same thing; give one of them"
+                    )
+                kwargs[name] = value
+            tx = factory(*args, **kwargs)
+            shown = {
+                k: v
+                for k, v in tx.hyperparams.items()
+                if not (k in quiet and _is_value(v, quiet[k]))
+            }
+            return GradientTransformation(
+                tx.init,
+                tx.update,
+                name=tx.name,
+                factory=build,
+                children=tx.children,
+                hyperparams=shown,
+            )
+
+        parameters = list(signature.parameters.values())
+        tail = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+        head = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        aliases = [
+            inspect.Parameter(
+                optax_name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=signature.parameters[name].annotation,
+            )
+            for optax_name, name in renames.items()
+        ]
+        build.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*head, *aliases, *tail]
+        )
+        return build
+
+    return decorate
+
+
+def _is_value(value: Any, default: Any) -> bool:
+    """Whether `value` is the Python constant `default` (not an array)."""
+    return isinstance(value, bool | int | float | type(None)) and value == default
+
+
 # ----------------------------------------------------------------------------
 # constants and schedules
 
 
+@optax_spelling({"step_size": "factor"})
 @described
 def scale(factor: ArrayLike) -> GradientTransformation:
     """Multiply updates by a constant.
@@ -74,6 +150,7 @@ def scale(factor: ArrayLike) -> GradientTransformation:
 
     Args:
         factor: The multiplier; any real number (negative flips the sign).
+            optax's name for it, `step_size=`, is accepted too.
 
     Returns:
         A `GradientTransformation` whose state is an `EmptyState`.
@@ -145,6 +222,7 @@ def _scale_by_step_function(
     return GradientTransformation(init, update)
 
 
+@optax_spelling({"step_size_fn": "schedule"})
 @described
 def scale_by_schedule(schedule: Schedule | ArrayLike) -> GradientTransformation:
     """Multiply updates by a schedule of the step count.
@@ -156,7 +234,7 @@ def scale_by_schedule(schedule: Schedule | ArrayLike) -> GradientTransformation:
     Args:
         schedule: A function from the int32 step count to a scalar, or a
             constant (then this is `scale`; `inject_hyperparams` passes
-            constants).
+            constants). optax's name for it, `step_size_fn=`, is accepted too.
 
     Returns:
         A `GradientTransformation` whose state is a `ScaleByScheduleState`.
@@ -189,18 +267,24 @@ def scale_by_schedule(schedule: Schedule | ArrayLike) -> GradientTransformation:
     return _scale_by_step_function(schedule, 1.0, ScaleByScheduleState)
 
 
+@optax_spelling({}, quiet_defaults={"flip_sign": True})
 @described
-def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:
+def scale_by_learning_rate(
+    learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
+) -> GradientTransformation:
     """Multiply updates by minus the learning rate, a step that descends.
 
     With t the number of updates already applied (0 at the first update)::
 
-        u_t = -lr_t * g_t
+        u_t = -lr_t * g_t        (u_t = lr_t * g_t with flip_sign=False)
 
     where lr_t is `learning_rate` itself or `learning_rate(t)` for a schedule.
 
     Args:
         learning_rate: A number in [0, inf), an array, or a schedule.
+        flip_sign: Multiply by minus the rate (the default, a descent step);
+            False multiplies by the rate itself, as optax's argument of the
+            same name does.
 
     Returns:
         A `GradientTransformation`; its state is a `ScaleByLearningRateState`
@@ -216,10 +300,12 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
         >>> tx.update(jnp.array([1.0, -2.0]), tx.init(None))[0]
         Array([-0.1,  0.2], dtype=float32)
     """
+    check_flag("scale_by_learning_rate", "flip_sign", flip_sign)
+    sign = -1.0 if flip_sign else 1.0
     if callable(learning_rate):
-        return _scale_by_step_function(learning_rate, -1.0, ScaleByLearningRateState)
+        return _scale_by_step_function(learning_rate, sign, ScaleByLearningRateState)
     check_in_range("scale_by_learning_rate", "learning_rate", learning_rate, 0.0)
-    return scale(-learning_rate)
+    return scale(-learning_rate if flip_sign else learning_rate)
 
 
 # ----------------------------------------------------------------------------
@@ -335,8 +421,10 @@ class ScaleByRmsState(NamedTuple):
 
     nu: Updates  # EMA of the squared updates, same tree as the params
     mean: Updates | None  # EMA of the updates when centered, else None
+    count: jax.Array | None = None  # int32 steps taken with bias_correction, else None
 
 
+@optax_spelling({}, quiet_defaults={"bias_correction": False})
 @described
 def scale_by_rms(
     decay: ArrayLike = 0.9,
@@ -345,20 +433,24 @@ def scale_by_rms(
     eps_in_sqrt: bool = False,
     centered: bool = False,
     initial_scale: ArrayLike = 0.0,
+    bias_correction: bool = False,
 ) -> GradientTransformation:
     """Divide updates by the root of an EMA of their squares (RMSProp).
 
-    Per leaf, with nu_0 = initial_scale and mean_0 = 0::
+    Per leaf, with nu_0 = initial_scale, mean_0 = 0 and t = 1, 2, ...::
 
         nu_t   = decay * nu_{t-1} + (1 - decay) * g_t**2
         mean_t = decay * mean_{t-1} + (1 - decay) * g_t      (centered only)
-        s_t    = nu_t - mean_t**2 if centered else nu_t
+        c_t    = 1 - decay**t if bias_correction else 1
+        s_t    = nu_t / c_t - (mean_t / c_t)**2 if centered else nu_t / c_t
         u_t    = g_t / (sqrt(s_t) + eps)                     (default)
         u_t    = g_t / sqrt(s_t + eps)                       (eps_in_sqrt=True)
 
     The default puts eps outside the root, like torch.optim.RMSprop; optax
     puts it inside. In the centered form round-off can push s_t a hair below
-    zero; it is clamped at zero.
+    zero; it is clamped at zero. `bias_correction` (optax's argument of that
+    name) divides the averages by c_t as Adam does; with `initial_scale=0`
+    and no centring it is `scale_by_adam(b1=0, b2=decay)`.
 
     Args:
         decay: EMA rate of the squared updates, in [0, 1).
@@ -367,6 +459,8 @@ def scale_by_rms(
         centered: Divide by an estimate of the standard deviation instead of
             the root mean square (Graves, 2013).
         initial_scale: Initial value of nu, in [0, inf).
+        bias_correction: Divide the averages by `1 - decay**t`; the state
+            then counts the steps.
 
     Returns:
         A `GradientTransformation` whose state is a `ScaleByRmsState`.
@@ -392,40 +486,61 @@ def scale_by_rms(
     check_in_range(fn, "initial_scale", initial_scale, 0.0)
     check_flag(fn, "eps_in_sqrt", eps_in_sqrt)
     check_flag(fn, "centered", centered)
+    check_flag(fn, "bias_correction", bias_correction)
 
     def init(params: Params) -> ScaleByRmsState:
         nu = init_like(params, fill=initial_scale)
-        return ScaleByRmsState(nu=nu, mean=init_like(params) if centered else None)
+        return ScaleByRmsState(
+            nu=nu,
+            mean=init_like(params) if centered else None,
+            count=jnp.zeros([], jnp.int32) if bias_correction else None,
+        )
 
     def denominator(s):
         return jnp.sqrt(s + eps) if eps_in_sqrt else jnp.sqrt(s) + eps
-
-    def leaf(g, nu):
-        g_c = g.astype(compute_dtype(g, nu))
-        nu_new = decay * nu.astype(g_c.dtype) + (1 - decay) * abs_sq(g_c)
-        return (g_c / denominator(nu_new)).astype(g.dtype), nu_new.astype(nu.dtype)
-
-    def centered_leaf(g, nu, mean):
-        g_c = g.astype(compute_dtype(g, nu, mean))
-        nu_new = decay * nu.astype(g_c.dtype) + (1 - decay) * abs_sq(g_c)
-        mean_new = decay * mean.astype(g_c.dtype) + (1 - decay) * g_c
-        s = jnp.maximum(nu_new - abs_sq(mean_new), 0)
-        u = g_c / denominator(s)
-        return u.astype(g.dtype), nu_new.astype(nu.dtype), mean_new.astype(mean.dtype)
 
     def update(
         updates: Updates, state: ScaleByRmsState, params: Params | None = None, **extra
     ) -> tuple[Updates, ScaleByRmsState]:
         del params
         check_same_tree(fn, "updates", updates, "state.nu", state.nu)
+        count = None
+        inv_c = None  # 1 / (1 - decay**t), or None without bias correction
+        if bias_correction:
+            assert state.count is not None, f"{fn}: a state without a count"
+            count = safe_increment(state.count)
+            t = count.astype(scalar_dtype(updates))
+            inv_c = 1 / _one_minus_power(decay, t)
+
+        def corrected(x):
+            return x if inv_c is None else x * inv_c.astype(x.dtype)
+
+        def leaf(g, nu):
+            g_c = g.astype(compute_dtype(g, nu))
+            nu_new = decay * nu.astype(g_c.dtype) + (1 - decay) * abs_sq(g_c)
+            u = g_c / denominator(corrected(nu_new))
+            return u.astype(g.dtype), nu_new.astype(nu.dtype)
+
+        def centered_leaf(g, nu, mean):
+            g_c = g.astype(compute_dtype(g, nu, mean))
+            nu_new = decay * nu.astype(g_c.dtype) + (1 - decay) * abs_sq(g_c)
+            mean_new = decay * mean.astype(g_c.dtype) + (1 - decay) * g_c
+            s = jnp.maximum(corrected(nu_new) - abs_sq(corrected(mean_new)), 0)
+            u = g_c / denominator(s)
+            return (
+                u.astype(g.dtype),
+                nu_new.astype(nu.dtype),
+                mean_new.astype(mean.dtype),
+            )
+
         if centered:
             check_same_tree(fn, "updates", updates, "state.mean", state.mean)
             updates, nu, mean = map_leaves(
                 centered_leaf, 3, updates, state.nu, state.mean
             )
-            return updates, ScaleByRmsState(nu=nu, mean=mean)
+            return updates, ScaleByRmsState(nu=nu, mean=mean, count=count)
         updates, nu = map_leaves(leaf, 2, updates, state.nu)
-        return updates, ScaleByRmsState(nu=nu, mean=None)
+        return updates, ScaleByRmsState(nu=nu, mean=None, count=count)
 
     return GradientTransformation(init, update)
 

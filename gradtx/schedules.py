@@ -35,6 +35,14 @@ class _NamedSchedule:
         return self._text
 
 
+# Arguments taken over from optax that a schedule prints only when set.
+_QUIET_DEFAULTS = {"exponent": 1.0}
+
+
+def _is_default(value: object, default: float) -> bool:
+    return isinstance(value, int | float) and value == default
+
+
 def _named(factory: Callable[..., Schedule]):
     """Wrap a schedule factory so that its schedules print as its call."""
     signature = inspect.signature(factory)
@@ -43,7 +51,11 @@ def _named(factory: Callable[..., Schedule]):
     def build(*args, **kwargs) -> Schedule:
         fn = factory(*args, **kwargs)
         _, arguments = recorded_call(signature, args, kwargs)
-        items = ", ".join(f"{k}={format_value(v)}" for k, v in arguments.items())
+        items = ", ".join(
+            f"{k}={format_value(v)}"
+            for k, v in arguments.items()
+            if not (k in _QUIET_DEFAULTS and _is_default(v, _QUIET_DEFAULTS[k]))
+        )
         return _NamedSchedule(fn, f"{factory.__name__}({items})")
 
     return build
@@ -295,13 +307,16 @@ def exponential_decay(
 
 @_named
 def cosine_decay_schedule(
-    init_value: ArrayLike, decay_steps: int, alpha: ArrayLike = 0.0
+    init_value: ArrayLike,
+    decay_steps: int,
+    alpha: ArrayLike = 0.0,
+    exponent: ArrayLike = 1.0,
 ) -> Schedule:
     """Cosine annealing from `init_value` to `alpha * init_value`, then hold.
 
-    With T = decay_steps and s = min(t, T)::
+    With T = decay_steps, s = min(t, T) and c = 0.5 * (1 + cos(pi * s / T))::
 
-        value(t) = init_value * ((1 - alpha) * 0.5 * (1 + cos(pi * s / T)) + alpha)
+        value(t) = init_value * ((1 - alpha) * c ** exponent + alpha)
 
     torch's `CosineAnnealingLR(T_max, eta_min)` agrees up to `T_max` with
     `alpha = eta_min / lr`; past it torch climbs back up the cosine, while
@@ -311,13 +326,16 @@ def cosine_decay_schedule(
         init_value: Value at step 0.
         decay_steps: Length of the decay, an integer >= 1.
         alpha: Final value as a fraction of `init_value`, in [0, 1].
+        exponent: Power applied to the cosine factor, in (0, inf); 1 is plain
+            cosine annealing, larger values fall faster at first (as optax's
+            argument of the same name).
 
     Returns:
         The schedule.
 
     Raises:
-        ValueError: If `decay_steps` is not positive or `alpha` is outside
-            [0, 1].
+        ValueError: If `decay_steps` is not positive, `alpha` is outside
+            [0, 1] or `exponent` is not positive.
 
     Examples:
         >>> import gradtx
@@ -328,11 +346,14 @@ def cosine_decay_schedule(
     fn = "cosine_decay_schedule"
     decay_steps = check_count(fn, "decay_steps", decay_steps, 0, strict=True)
     check_in_range(fn, "alpha", alpha, 0.0, 1.0)
+    check_in_range(fn, "exponent", exponent, 0.0, low_open=True)
+
+    steps = float(decay_steps)  # a Python int past int32 would overflow in jnp
 
     def schedule(count):
-        s = jnp.minimum(_steps(count), decay_steps)
-        cosine = 0.5 * (1 + jnp.cos(jnp.pi * s / decay_steps))
-        return init_value * ((1 - alpha) * cosine + alpha)
+        s = jnp.minimum(_steps(count), steps)
+        cosine = 0.5 * (1 + jnp.cos(jnp.pi * s / steps))
+        return init_value * ((1 - alpha) * _power(cosine, exponent) + alpha)
 
     return schedule
 
@@ -342,6 +363,11 @@ def _cosine(start, end, s):
     return end + (start - end) * 0.5 * (1 + jnp.cos(jnp.pi * s))
 
 
+def _power(base, exponent):
+    """`base ** exponent`, with no arithmetic at all for the usual exponent 1."""
+    return base if _is_default(exponent, 1.0) else base**exponent
+
+
 @_named
 def warmup_cosine_decay_schedule(
     init_value: ArrayLike,
@@ -349,13 +375,14 @@ def warmup_cosine_decay_schedule(
     warmup_steps: int,
     decay_steps: int,
     end_value: ArrayLike = 0.0,
+    exponent: ArrayLike = 1.0,
 ) -> Schedule:
     """Linear warmup to `peak_value`, then cosine decay to `end_value`.
 
     `decay_steps` counts the whole schedule, warmup included::
 
         value(t) = init + (peak - init) * t / warmup_steps          t < warmup_steps
-        value(t) = end + (peak - end) * (1 + cos(pi * s)) / 2       after, with
+        value(t) = end + (peak - end) * ((1 + cos(pi * s)) / 2) ** exponent   after,
                    s = min(t - warmup_steps, D) / D,  D = decay_steps - warmup_steps
 
     Args:
@@ -365,13 +392,15 @@ def warmup_cosine_decay_schedule(
         decay_steps: Length of the whole schedule, an integer greater than
             `warmup_steps`.
         end_value: Value held from `decay_steps` on.
+        exponent: Power applied to the cosine factor, in (0, inf); 1 is plain
+            cosine annealing (as optax's argument of the same name).
 
     Returns:
         The schedule.
 
     Raises:
-        ValueError: If a step count is negative or `decay_steps` is not
-            greater than `warmup_steps`.
+        ValueError: If a step count is negative, `decay_steps` is not
+            greater than `warmup_steps` or `exponent` is not positive.
 
     Examples:
         >>> import gradtx
@@ -387,13 +416,19 @@ def warmup_cosine_decay_schedule(
             f"{fn}: decay_steps counts the whole schedule and must be greater than "
             f"warmup_steps ({warmup_steps}), got {decay_steps}"
         )
-    cosine_steps = decay_steps - warmup_steps
+    check_in_range(fn, "exponent", exponent, 0.0, low_open=True)
+    cosine_steps = float(decay_steps - warmup_steps)  # no int32 overflow in jnp
 
     def schedule(count):
         t = _steps(count)
         warm = init_value + (peak_value - init_value) * t / max(warmup_steps, 1)
         s = jnp.clip(t - warmup_steps, 0.0, cosine_steps) / cosine_steps
-        return jnp.where(t < warmup_steps, warm, _cosine(peak_value, end_value, s))
+        if _is_default(exponent, 1.0):
+            decayed = _cosine(peak_value, end_value, s)
+        else:
+            c = 0.5 * (1 + jnp.cos(jnp.pi * s))
+            decayed = end_value + (peak_value - end_value) * c**exponent
+        return jnp.where(t < warmup_steps, warm, decayed)
 
     return schedule
 

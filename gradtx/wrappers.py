@@ -39,6 +39,7 @@ from gradtx.base import (
     safe_increment,
 )
 from gradtx.decay import Mask
+from gradtx.scaling import optax_spelling
 
 Labels = Any  # a tree of label strings (the params' structure or a prefix), or
 # a function of the params returning one
@@ -203,6 +204,7 @@ class MultiTransformState(NamedTuple):
     inner_states: dict[str, OptState]  # label -> that group's state
 
 
+@optax_spelling({"param_labels": "labels"})
 @described
 def multi_transform(
     transforms: Mapping[str, GradientTransformation], labels: Labels
@@ -231,6 +233,7 @@ def multi_transform(
             prefix of it (a label at an inner node covers its subtree), or a
             function of the params returning one. The function is called on
             the params, or on the updates when `update` gets no params.
+            optax's name for it, `param_labels=`, is accepted too.
 
     Returns:
         A `GradientTransformation` whose state is a `MultiTransformState`.
@@ -295,6 +298,11 @@ def multi_transform(
         merged = list(leaves)
         inner_states = {}
         for k, sel in groups(per_leaf).items():
+            if treedef.num_leaves == 1 and treedef.num_nodes == 1 and not sel[0]:
+                # A bare array outside this group would reach it as None,
+                # the same as no params: the group has nothing to update.
+                inner_states[k] = state.inner_states[k]
+                continue
             new, inner_states[k] = update_fns[k](
                 _keep(updates, sel),
                 state.inner_states[k],

@@ -216,6 +216,18 @@ def placement_problems(state, params, *, scalars_on_mesh):
             want = NamedSharding(params[name].sharding.mesh, P(*spec))
             if not sharding.is_equivalent_to(want, ndim):
                 problems.append(f"{where}: {sharding} instead of {want}")
+        elif (
+            name is not None
+            and params[name].ndim
+            and leaf.shape[1:] == params[name].shape
+        ):
+            # a history of the parameter (L-BFGS's last pairs), stacked on a
+            # new leading axis: placed like the parameter, that axis whole
+            want = NamedSharding(
+                params[name].sharding.mesh, P(None, *params[name].sharding.spec)
+            )
+            if not sharding.is_equivalent_to(want, ndim):
+                problems.append(f"{where}: {sharding} instead of {want}")
         elif scalars_on_mesh and (
             reads_params or isinstance(leaf, jax.ShapeDtypeStruct)
         ):

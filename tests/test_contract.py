@@ -17,9 +17,24 @@ import gradtx
 
 LR = 0.05
 
+
 # name -> (factory, kwargs, descends): `descends` is True for optimizers; for
 # transformations that do not flip the sign themselves it is the learning
 # rate the contract chains them with (None: never moves, no quadratic check).
+def _with_objective(tx):
+    """`tx` with the contract's loss passed as value_fn= at every update.
+
+    The line search of L-BFGS evaluates the objective along the direction;
+    the contract's steps give only gradients. Keyword arguments of the
+    factories stay floats, so that inject_hyperparams can hold them.
+    """
+
+    def update(updates, state, params=None, **extra):
+        return tx.update(updates, state, params, value_fn=loss, **extra)
+
+    return gradtx.GradientTransformation(tx.init, update)
+
+
 CONTRACT = {
     "identity": (gradtx.identity, {}, LR),
     "set_to_zero": (gradtx.set_to_zero, {}, None),
@@ -190,6 +205,55 @@ CONTRACT = {
         },
         True,
     ),
+    # iterate averaging, slow weights and schedule-free (gradtx/averaging.py)
+    "ema_params": (gradtx.ema_params, {"inner": gradtx.adam(LR), "decay": 0.9}, True),
+    "swa_params": (
+        gradtx.swa_params,
+        {"inner": gradtx.sgd(LR, momentum=0.9), "every_k": 2},
+        True,
+    ),
+    "lookahead": (
+        gradtx.lookahead,
+        {"inner": gradtx.adam(LR), "sync_period": 5, "slow_step_size": 0.5},
+        True,
+    ),
+    "schedule_free": (
+        gradtx.schedule_free,
+        {"base_optimizer": gradtx.sgd(LR), "learning_rate": LR},
+        True,
+    ),
+    "schedule_free_adamw": (
+        gradtx.schedule_free_adamw,
+        {"learning_rate": 0.05, "warmup_steps": 5, "weight_decay": 1e-3},
+        True,
+    ),
+    "schedule_free_sgd": (
+        gradtx.schedule_free_sgd,
+        {"learning_rate": 0.1, "weight_decay": 1e-3},
+        True,
+    ),
+    # Muon (gradtx/orthogonal.py)
+    "muon": (gradtx.muon, {"learning_rate": 0.05}, True),
+    "orthogonalize": (gradtx.orthogonalize, {}, 0.05),
+    "scale_by_shape": (gradtx.scale_by_shape, {}, 0.05),
+    "scale_by_muon_momentum": (gradtx.scale_by_muon_momentum, {"beta": 0.9}, 0.05),
+    # Prodigy (gradtx/self_tuning.py) and SAM (gradtx/sharpness.py); the
+    # contract's step passes no gradient function, which SAM needs only when
+    # it takes its ascent step (sync_period >= 2): test_sam.py covers that.
+    "scale_by_prodigy": (gradtx.scale_by_prodigy, {}, 1.0),
+    "prodigy": (gradtx.prodigy, {"weight_decay": 1e-3}, True),
+    "sam": (gradtx.sam, {"optimizer": gradtx.sgd(LR), "sync_period": 1}, True),
+    # L-BFGS (gradtx/quasi_newton.py): the line search calls the objective,
+    # which the contract's steps hand it as value_fn= (see _with_objective)
+    "scale_by_lbfgs": (gradtx.scale_by_lbfgs, {"memory_size": 5}, 0.05),
+    "scale_by_zoom_linesearch": (
+        lambda **kw: _with_objective(
+            gradtx.chain(gradtx.scale(-1.0), gradtx.scale_by_zoom_linesearch(**kw))
+        ),
+        {"slope_rtol": 1e-3},
+        True,
+    ),
+    "lbfgs": (lambda **kw: _with_objective(gradtx.lbfgs(**kw)), {}, True),
 }
 
 # Public names that are not transformation factories.
@@ -211,6 +275,14 @@ NOT_FACTORIES = {
     "fused_step",  # a step function, not a transformation: test_fused.py
     "FusedStep",
     "fused",
+    # read a params tree out of a state: tested with their wrappers
+    "averaged_params",
+    "lookahead_slow_params",
+    "schedule_free_eval_params",
+    # Muon's axis rule as data and as helpers: tested in test_muon.py
+    "MuonDimensionNumbers",
+    "muon_dimension_numbers",
+    "muon_mask",
 }
 SCHEDULES = {
     n for n in gradtx.__all__ if n.endswith("_schedule") or n.endswith("_decay")
@@ -236,8 +308,11 @@ def make_params(dtype=jnp.float32):
 
 def loss(params):
     return sum(
-        jnp.sum(jnp.square(x.astype(jnp.float32) - 0.25))
-        for x in jax.tree.leaves(params)
+        (
+            jnp.sum(jnp.square(x.astype(jnp.float32) - 0.25))
+            for x in jax.tree.leaves(params)
+        ),
+        jnp.zeros([], jnp.float32),  # a float even for a tree with no leaves
     )
 
 

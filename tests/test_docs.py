@@ -94,4 +94,6 @@ def test_optimizer_pages_are_up_to_date_and_cover_every_optimizer(tmp_path):
         if inspect.isfunction(value) and value.__module__ == "gradtx.aliases"
         if not name.startswith("_")
     }
-    assert aliases == set(gen_optimizers.OPTIMIZERS)
+    # every optimizer has a page; so do the wrappers that make one of another
+    assert aliases <= set(gen_optimizers.OPTIMIZERS)
+    assert set(gen_optimizers.OPTIMIZERS) <= set(gradtx.__all__)

@@ -215,6 +215,17 @@ def test_float16_second_moment_limits_are_what_the_docs_say():
 DONATION_BUG: dict[str, str] = {}  # name -> why donating its state fails
 
 
+def never_read(name, path):
+    """Whether the step below never reads the state leaf at `path`.
+
+    The line search keeps the gradient at the point it accepted, for a caller
+    that passes no `grad=`; the contract's step evaluates the objective
+    through `value_fn=` and so never reads it back.
+    """
+    searches = ("lbfgs", "scale_by_zoom_linesearch")
+    return name in searches and ".grad[" in path
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -241,6 +252,10 @@ def test_a_step_with_donated_params_and_state_reuses_their_buffers(name):
         params, state = donating(params, state)
         # every buffer the step reads is taken over (a leaf the step never
         # reads, such as apply_if_finite's last_finite, is left alone)
-        read = [x for x in jax.tree.leaves(old) if x.size > 1]
+        read = [
+            x
+            for path, x in jax.tree_util.tree_leaves_with_path(old)
+            if x.size > 1 and not never_read(name, jax.tree_util.keystr(path))
+        ]
         assert all(x.is_deleted() for x in read)
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))

@@ -1251,3 +1251,21 @@ def test_mixed_moment_dtypes_within_a_tree_run_the_plain_step():
     state = (state[0]._replace(mu=mu), *state[1:])
     step = gradtx.fused_step(tx)
     assert _custom_calls(step, params, state, params) == 0
+
+
+def test_an_ascending_learning_rate_link_runs_the_plain_step():
+    """`scale_by_learning_rate(flip_sign=False)` has no kernel: the plain step."""
+    tx = gradtx.chain(
+        gradtx.scale_by_adam(), gradtx.scale_by_learning_rate(0.1, flip_sign=False)
+    )
+    with pytest.raises(_plan.Unsupported, match="flip_sign"):
+        _plan.make_plan(tx)
+    params = _tree([(3,), (2, 2)])
+    grads = jax.tree.map(jnp.ones_like, params)
+    new, _ = gradtx.fused_step(tx)(params, tx.init(params), grads)
+    want, _ = gradtx.fused_step(tx).plain(params, tx.init(params), grads)
+    _assert_identical(new, want)
+    assert all(
+        bool(jnp.all(n > p))
+        for n, p in zip(jax.tree.leaves(new), jax.tree.leaves(params))
+    )

@@ -438,18 +438,38 @@ def test_lion_moments_use_the_two_rates():
 
 def test_jitted_and_eager_lion_agree_at_ties():
     # bfloat16 moments make exact ties b1 * m == -(1 - b1) * g common. Summed,
-    # a tie is 0 eagerly but a tiny nonzero number under jit, where XLA fuses
-    # a product into the addition (an earlier form differed at 160 of these
-    # 4096 elements); the sign is decided by comparing the terms instead.
+    # a tie is 0 eagerly but a tiny nonzero number under jit, where XLA may
+    # fuse a product into the addition (a summing form differed at 160 of
+    # these 4096 elements); Lion decides its sign by comparing the terms.
     g = jnp.asarray(np.random.default_rng(0).normal(size=4096), jnp.bfloat16)
     m = (-(0.1 / 0.9) * g.astype(jnp.float32)).astype(jnp.bfloat16)
-    lion, signum = gradtx.scale_by_lion(), gradtx.signum(1.0, beta=0.9)
-    moment = gradtx.ScaleByLionState(mu=m)
-    for tx, state in ((lion, moment), (signum, (moment, signum.init(m)[1]))):
-        jitted, _ = jax.jit(tx.update)(g, state)
-        eager, _ = tx.update(g, state)
-        np.testing.assert_array_equal(jitted, eager)
-        assert 100 < int(jnp.sum(eager == 0)) < 300  # the ties are there
+    lion = gradtx.scale_by_lion()
+    state = gradtx.ScaleByLionState(mu=m)
+    jitted, _ = jax.jit(lion.update)(g, state)
+    eager, _ = lion.update(g, state)
+    np.testing.assert_array_equal(jitted, eager)
+    assert 100 < int(jnp.sum(eager == 0)) < 300  # the ties are there
+
+
+def test_signum_steps_along_the_sign_of_the_average_it_stores():
+    # Signum's promise is the sign of its stored average, under jit and
+    # eagerly alike; at the same ties as above the two averages may differ
+    # by round-off around zero, and each step follows its own average.
+    g = jnp.asarray(np.random.default_rng(0).normal(size=4096), jnp.bfloat16)
+    m = (-(0.1 / 0.9) * g.astype(jnp.float32)).astype(jnp.bfloat16)
+    signum = gradtx.signum(1.0, beta=0.9)
+    state = (gradtx.ScaleByMomentumState(velocity=m),) + signum.init(m)[1:]
+    for update in (signum.update, jax.jit(signum.update)):
+        u, new = update(g, state)
+        np.testing.assert_array_equal(u, -jnp.sign(new[0].velocity))
+        assert u.dtype == jnp.bfloat16
+    (_, jitted), (_, eager) = jax.jit(signum.update)(g, state), signum.update(g, state)
+    tiny = float(jnp.finfo(jnp.bfloat16).eps) * float(jnp.max(jnp.abs(g)))
+    np.testing.assert_allclose(
+        np.asarray(jitted[0].velocity, np.float32),
+        np.asarray(eager[0].velocity, np.float32),
+        atol=tiny,
+    )
 
 
 def test_rprop_skips_the_step_after_a_sign_flip_and_keeps_its_size_next():
@@ -470,7 +490,7 @@ def test_rprop_skips_the_step_after_a_sign_flip_and_keeps_its_size_next():
         (gradtx.scale_by_lion(mu_dtype=jnp.bfloat16), lambda s: s.mu),
         (
             gradtx.signum(0.01, accumulator_dtype=jnp.bfloat16),
-            lambda s: s[0].mu,
+            lambda s: s[0].velocity,
         ),
     ],
     ids=["lion", "signum"],
@@ -765,5 +785,6 @@ def test_describe_shows_links_and_hyperparameters():
     assert "scale_by_rprop(learning_rate=0.01, eta_minus=0.5, eta_plus=1.2" in text
     assert "clip_every_step=True" in text and "scale(factor=-1.0)" in text
     text = gradtx.describe(gradtx.signum(0.01))
-    assert "scale_by_lion(b1=0.9, b2=0.9, mu_dtype=None, mode='hard'" in text
+    assert "scale_by_momentum(decay=0.9, nesterov=False, dampening=0.9" in text
+    assert "scale_by_sign()" in text
     assert "scale_by_sign()" in gradtx.describe(gradtx.sign_sgd(0.1))

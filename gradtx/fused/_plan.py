@@ -101,7 +101,9 @@ def _momentum(
     return MomentumSpec(decay, bool(nesterov), dampening, (accumulator_dtype,))
 
 
-def _learning_rate(learning_rate: Any) -> LearningRateSpec:
+def _learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> LearningRateSpec:
+    if not flip_sign:
+        raise Unsupported("the kernel descends: flip_sign=False has no kernel")
     return LearningRateSpec(learning_rate)
 
 

@@ -1,4 +1,4 @@
-"""A flax nnx model trained with a plain gradtx optimizer, no `nnx.Optimizer`.
+"""A flax nnx model trained with a gradtx optimizer through nnx's functional API.
 
 A gradtx optimizer is a pair of pure functions, `init(params)` and
 `update(grads, state, params)`; a flax nnx model is a Python object holding
@@ -13,8 +13,10 @@ BatchNorm running averages) is not trained by gradients: the forward pass
 updates it and the step hands the new values back. Inside the jitted step,
 `nnx.merge(graphdef, params, batch_stats)` rebuilds a model to call, and
 after training `nnx.update(model, params, batch_stats)` writes the results
-back into the Python object. That is all `flax.nnx.Optimizer` does for optax;
-with gradtx these few lines are the whole integration.
+back into the Python object. This script writes those lines out to show
+what happens underneath; `nnx.Optimizer(model, tx, wrt=nnx.Param)` takes a
+gradtx optimizer as it takes an optax one, and does the same for you (see
+docs/coming_from_optax.md).
 
 The model is a small CNN (conv, BatchNorm, conv, linear) on scikit-learn's
 bundled 8x8 digits. The optimizer clips the gradient's global norm, then

@@ -1267,5 +1267,5 @@ def test_an_ascending_learning_rate_link_runs_the_plain_step():
     _assert_identical(new, want)
     assert all(
         bool(jnp.all(n > p))
-        for n, p in zip(jax.tree.leaves(new), jax.tree.leaves(params))
+        for n, p in zip(jax.tree.leaves(new), jax.tree.leaves(params), strict=True)
     )

@@ -253,11 +253,11 @@ def _whole(x: jax.Array) -> tuple[jax.Array, Any]:
     resharded like the leaf; with automatic axes XLA places the collectives.
     """
     sharding = jax.typeof(x).sharding
-    mesh = getattr(sharding, "mesh", None)
+    if not isinstance(sharding, NamedSharding):
+        return x, lambda y: y
+    mesh = sharding.mesh
     explicit = (
-        isinstance(sharding, NamedSharding)
-        and mesh is not None
-        and not mesh.empty
+        not mesh.empty
         and any(t == AxisType.Explicit for t in mesh.axis_types)
         and any(axis is not None for axis in sharding.spec)
     )

@@ -243,6 +243,27 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=precision)
 
 
+def _per_matrix(
+    fn: str, leaf: Any, dims: DimensionNumbers, layout: str
+) -> GradientTransformation:
+    """A stateless link applying `leaf(g, dims_of_g)` to every leaf."""
+
+    def init(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update(
+        updates: Updates, state: EmptyState, params: Params | None = None, **extra
+    ) -> tuple[Updates, EmptyState]:
+        del params
+        per_leaf = dims_per_leaf(fn, dims, updates, layout)
+        leaves, treedef = jax.tree.flatten(updates)
+        out = [leaf(g, d) for g, d in zip(leaves, per_leaf, strict=True)]
+        return treedef.unflatten(out), state
+
+    return GradientTransformation(init, update)
+
+
 def _whole(x: jax.Array) -> tuple[jax.Array, Any]:
     """`x` gathered whole if its type is sharded on explicit mesh axes.
 
@@ -551,20 +572,7 @@ def orthogonalize(
             y = jnp.swapaxes(y, 1, 2)
         return placed_back(back(y).astype(g.dtype))
 
-    def init(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
-    def update(
-        updates: Updates, state: EmptyState, params: Params | None = None, **extra
-    ) -> tuple[Updates, EmptyState]:
-        del params
-        dims = dims_per_leaf(fn, weight_dimension_numbers, updates, layout)
-        leaves, treedef = jax.tree.flatten(updates)
-        out = [leaf(g, d) for g, d in zip(leaves, dims, strict=True)]
-        return treedef.unflatten(out), state
-
-    return GradientTransformation(init, update)
+    return _per_matrix(fn, leaf, weight_dimension_numbers, layout)
 
 
 @described
@@ -651,20 +659,7 @@ def scale_by_shape(
             factor = math.sqrt(max(fan_in, fan_out)) * consistent_rms
         return (g.astype(compute_dtype(g)) * factor).astype(g.dtype)
 
-    def init(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
-    def update(
-        updates: Updates, state: EmptyState, params: Params | None = None, **extra
-    ) -> tuple[Updates, EmptyState]:
-        del params
-        dims = dims_per_leaf(fn, weight_dimension_numbers, updates, layout)
-        leaves, treedef = jax.tree.flatten(updates)
-        out = [leaf(g, d) for g, d in zip(leaves, dims, strict=True)]
-        return treedef.unflatten(out), state
-
-    return GradientTransformation(init, update)
+    return _per_matrix(fn, leaf, weight_dimension_numbers, layout)
 
 
 # ----------------------------------------------------------------------------

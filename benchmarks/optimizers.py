@@ -49,6 +49,21 @@ FAMILY_BYTES = {
     "schedule_free_adamw": 36,  # z, and Adam's two moments (the first unused)
     "schedule_free_sgd": 20,  # z
 }
+# Wrappers and methods whose step needs more than `update(grads, state,
+# params)`, or keeps more than an optimizer state: each built in gradtx and
+# as an optax user writes it (see `_method`). Bytes as above; the averages
+# and slow weights are float32 buffers read and written once per step (the
+# slow weights only every `SYNC` steps); L-BFGS's two loops read its 2 x
+# `MEMORY` stored vectors twice, and it writes a new pair.
+SYNC, MEMORY, CURVATURE = 5, 10, 1e-2
+METHOD_BYTES = {
+    "lookahead_adam": 28 + 8 // SYNC + 1,
+    "ema_adam": 36,
+    "swa_adam": 36,
+    "sam_sgd": 28,  # p, g read twice (ascent, then the step), momentum
+    "lbfgs_direction": 2 * 2 * MEMORY * 4 + 20,
+}
+FAMILY_BYTES.update(METHOD_BYTES)
 FAMILY_OPTIMIZERS = tuple(FAMILY_BYTES)
 BYTES_PER_PARAM.update(FAMILY_BYTES)
 # optax keeps these in optax.contrib.
@@ -91,8 +106,105 @@ def _build(lib: Any, name: str) -> Any:
     raise ValueError(f"unknown optimizer {name!r}; expected one of {BYTES_PER_PARAM}")
 
 
+def _method(lib: Any, name: str) -> tuple[Any, Callable]:
+    """`(init, step)` of a method of METHOD_BYTES in gradtx or optax.
+
+    optax has no average of the params: its side is optax's Adam followed by
+    the average an optax user writes by hand, in the same jitted step.
+    optax's lookahead keeps the slow weights in the params
+    (`LookaheadParams`); its side carries them in the state instead, so
+    that both steps take and return the same params. SAM gets the gradient
+    of 0.5 * ||p||^2 (p itself) as its `grad_fn` on both sides. L-BFGS is
+    timed as its direction (`scale_by_lbfgs`, then the learning rate): its
+    line search's cost is that of the user's objective, evaluated at each
+    trial point, which no library can change.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    is_gradtx = lib.__name__ == "gradtx"
+    adam = lib.adam(LR, b1=B1, b2=B2, eps=EPS)
+    if name == "lookahead_adam" and is_gradtx:
+        tx = lib.lookahead(adam, SYNC, 0.5)
+    elif name == "lookahead_adam":
+        tx = lib.lookahead(adam, SYNC, 0.5)
+
+        def init(params):
+            pair = lib.LookaheadParams.init_synced(params)
+            return tx.init(pair), pair.slow
+
+        def step(params, state, grads):
+            inner, slow = state
+            pair = lib.LookaheadParams(fast=params, slow=slow)
+            updates, inner = tx.update(grads, inner, pair)
+            pair = lib.apply_updates(pair, updates)
+            return pair.fast, (inner, pair.slow)
+
+        return init, step
+    elif name in ("ema_adam", "swa_adam") and is_gradtx:
+        tx = (
+            lib.ema_params(adam, 0.999)
+            if name == "ema_adam"
+            else lib.swa_params(adam, every_k=1)
+        )
+    elif name in ("ema_adam", "swa_adam"):
+
+        def init(params):
+            average = jax.tree.map(lambda p: jnp.array(p, jnp.float32), params)
+            return adam.init(params), average, jnp.zeros([], jnp.int32)
+
+        def step(params, state, grads):
+            inner, average, count = state
+            updates, inner = adam.update(grads, inner, params)
+            params = lib.apply_updates(params, updates)
+            if name == "ema_adam":
+                weight = jnp.where(count == 0, 1.0, 1.0 - 0.999)
+            else:
+                weight = 1.0 / (count + 1).astype(jnp.float32)
+            average = jax.tree.map(
+                lambda a, p: a + weight * (p.astype(jnp.float32) - a), average, params
+            )
+            return params, (inner, average, count + 1)
+
+        return init, step
+    elif name == "sam_sgd":
+        sgd = lib.sgd(LR, momentum=MOMENTUM)
+        if is_gradtx:
+            tx = lib.sam(sgd, 0.05)
+        else:
+            adversary = lib.chain(lib.contrib.normalize(), lib.sgd(0.05))
+            tx = lib.contrib.sam(sgd, adversary, 2, opaque_mode=True)
+
+        def step(params, state, grads):
+            updates, state = tx.update(grads, state, params, grad_fn=lambda p, i: p)
+            return lib.apply_updates(params, updates), state
+
+        return tx.init, step
+    elif name == "lbfgs_direction":
+        tx = lib.chain(lib.scale_by_lbfgs(MEMORY), lib.scale_by_learning_rate(LR))
+
+        def step(params, state, grads):
+            # the gradient of <g, p> + CURVATURE / 2 ||p||^2: the pairs L-BFGS
+            # stores then have s.y > 0, as on a convex objective
+            grads = jax.tree.map(lambda g, p: g + CURVATURE * p, grads, params)
+            updates, state = tx.update(grads, state, params)
+            return lib.apply_updates(params, updates), state
+
+        return tx.init, step
+    else:
+        raise ValueError(f"unknown method {name!r}")
+
+    def plain_step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return lib.apply_updates(params, updates), state
+
+    return tx.init, plain_step
+
+
 def _plain(lib: Any) -> Callable[[str], tuple[Any, Callable]]:
     def make(name: str) -> tuple[Any, Callable]:
+        if name in METHOD_BYTES:
+            return _method(lib, name)
         tx = _build(lib, name)
 
         def step(params, state, grads):

@@ -13,7 +13,7 @@ from statistics import median
 from typing import Any
 
 from benchmarks.harness import ALL_LIBRARIES
-from benchmarks.optimizers import BYTES_PER_PARAM, FAMILY_OPTIMIZERS
+from benchmarks.optimizers import BYTES_PER_PARAM, FAMILY_OPTIMIZERS, METHOD_BYTES
 from benchmarks.trees import TREES, get_tree
 
 
@@ -106,10 +106,12 @@ optimizer on the same tree, timed in the same process; below 1 gradtx is
 faster. Each cell is the median over the trees timed for that optimizer on
 that device (their number follows its name), then in brackets the lowest
 and the highest; the families beyond Adam share one row, over every one of
-them and every tree. `gradtx` is the plain jitted step (`tx.update`, then
-`apply_updates`); `gradtx-fused` is `gradtx.fused_step(tx)`, which on a CPU
-reads and writes each element once and elsewhere is the plain step. Every
-timing behind these ratios is in the device sections below.
+them and every tree, and so do the wrappers and methods (Lookahead, the
+averages of the params, SAM, the L-BFGS direction). `gradtx` is the plain
+jitted step (`tx.update`, then `apply_updates`); `gradtx-fused` is
+`gradtx.fused_step(tx)`, which on a CPU reads and writes each element once
+and elsewhere is the plain step. Every timing behind these ratios is in the
+device sections below.
 """
 
 
@@ -125,11 +127,13 @@ def summary_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
         by_optimizer: dict[str, list[dict[str, Any]]] = {}
         for row in summary["rows"]:
             group = row["optimizer"]
-            if group in FAMILY_OPTIMIZERS:
+            if group in METHOD_BYTES:
+                group = "methods"
+            elif group in FAMILY_OPTIMIZERS:
                 group = "families"
             by_optimizer.setdefault(group, []).append(row)
         order = [o for o in BYTES_PER_PARAM if o in by_optimizer]
-        order += ["families"] if "families" in by_optimizer else []
+        order += [g for g in ("families", "methods") if g in by_optimizer]
         libraries = [
             lib
             for lib in ("gradtx", "gradtx-fused")
@@ -146,9 +150,11 @@ def summary_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
             if not any(cells):
                 continue
             trees = len({r["tree"] for r in group})
+            count = len({r["optimizer"] for r in group})
             if name == "families":
-                count = len({r["optimizer"] for r in group})
                 label = f"{count} families beyond Adam"
+            elif name == "methods":
+                label = f"{count} wrappers and methods"
             else:
                 label = name
             label += f" ({trees} {'tree' if trees == 1 else 'trees'})"
@@ -212,7 +218,18 @@ with momentum 0.9, Adam, and AdamW with a bfloat16 first moment
 `--families`, each of the families beyond Adam (AMSGrad to Rprop, built by
 the same call in gradtx and optax, learning rate 1e-3, weight decay 1e-2
 where the optimizer decays decoupled, the libraries' defaults otherwise).
-Their `copy` row moves every per-parameter state buffer once. Trees:
+Their `copy` row moves every per-parameter state buffer once. The wrappers
+and methods run with `--families` too: `lookahead_adam` (Adam, 5 fast
+steps, slow step 0.5; optax's `LookaheadParams` pair is carried in its
+side's state so that both steps take the same params), `ema_adam` and
+`swa_adam` (Adam and an average of the params after every step, decay
+0.999 or the running mean; optax has none, so its side is `optax.adam` and
+the average written by hand in the same jitted step), `sam_sgd` (SGD with
+momentum in SAM, rho 0.05, each step alternating between the ascent and
+the descent as optax's opaque mode does, with the gradient of
+0.5 ||p||^2 as `grad_fn`), and `lbfgs_direction` (`scale_by_lbfgs` with
+10 pairs, then the learning rate, on the gradient of a convex quadratic;
+the line search costs what the objective costs). Trees:
 
 {trees}
 

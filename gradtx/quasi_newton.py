@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding
 
 from gradtx._checks import (
     check_count,
@@ -47,16 +48,36 @@ from gradtx.base import (
 )
 
 
+def _explicitly_sharded(x: jax.Array) -> bool:
+    """Whether x's type splits it over an explicit mesh axis."""
+    sharding = jax.typeof(x).sharding
+    if not isinstance(sharding, NamedSharding):
+        return False
+    mesh = sharding.mesh
+    return (
+        not mesh.empty
+        and any(t == AxisType.Explicit for t in mesh.axis_types)
+        and any(axis is not None for axis in sharding.spec)
+    )
+
+
 def _vdot(a: Any, b: Any, dtype: Any) -> jax.Array:
     """Real inner product of two trees, summed over leaves in `dtype`.
 
-    A product then a sum, not `jnp.vdot`: a sum over a sharded axis is an
-    all-reduce, where a dot product's output sharding would be ambiguous.
+    Each leaf's product is one contraction over all of its axes
+    (`tensordot`), which keeps XLA:CPU from writing the product of two
+    large leaves to memory in L-BFGS's loops. A leaf split over an explicit
+    mesh axis is multiplied and then summed instead: a contraction over a
+    sharded axis has no output sharding of its own there, while the sum is
+    a partial sum per device and an all-reduce.
     """
     total = jnp.zeros([], dtype)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         x, y = x.astype(dtype), y.astype(dtype)
-        total = total + jnp.sum(jnp.real(jnp.conj(x) * y))
+        if _explicitly_sharded(x) or _explicitly_sharded(y):
+            total = total + jnp.sum(jnp.real(jnp.conj(x) * y))
+        else:
+            total = total + jnp.real(jnp.tensordot(jnp.conj(x), y, axes=x.ndim))
     return total
 
 

@@ -18,6 +18,7 @@ from benchmarks.optimizers import (  # noqa: E402
     BYTES_PER_PARAM,
     FAMILY_LIBRARIES,
     FAMILY_OPTIMIZERS,
+    METHOD_BYTES,
     TORCH_LIBRARIES,
 )
 
@@ -126,7 +127,10 @@ def test_each_family_is_the_same_optimizer_in_gradtx_and_optax(optimizer):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     for final in finals.values():
         assert not np.allclose(final[1], params_np["1"])  # it did step
-    assert held["gradtx"] <= held["optax"]
+    # a method may keep a scalar counter more than optax's side (EMA counts
+    # steps and averages apart, for start_step), never a buffer more
+    scalars = 8 if optimizer in METHOD_BYTES else 0
+    assert held["gradtx"] <= held["optax"] + scalars
 
 
 def test_family_rows_compare_with_torch_foreach():

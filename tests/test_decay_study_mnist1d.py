@@ -214,6 +214,53 @@ def test_overfitting_reads_the_no_decay_curves(study):
     )
     assert "goes to about zero" in sentence and "test error rises" in sentence
 
+    # The check is read where the network fits its training set: here lr
+    # 1e-3 ends with the lower test error, but only lr 1e-2 fits.
+    test_error[:, 0, 0, :] = 0.2
+    o = study.overfitting(baseline)
+    assert o["learning_rate"] == 1e-2 and o["test_error_rises"]
+    assert o["best_final"]["learning_rate"] == 1e-3
+    assert o["best_final"]["test_error_end"] == pytest.approx(0.2)
+    sentence = study.overfitting_sentence(
+        {"schedules": {"constant": {"overfitting": o}}}
+    )
+    assert "lowest test error, 1.0e-03, ends with a training loss of 1.0e+00" in (
+        sentence
+    )
+    # Where no learning rate fits, the one that comes closest is read.
+    train_loss[:, 1, 0, :] = 0.5
+    train_loss[:, 0, 0, :] = 0.6
+    o = study.overfitting(baseline)
+    assert o["learning_rate"] == 1e-2 and not o["train_loss_near_zero"]
+
+
+def test_noisy_digits_replace_a_fraction_of_the_training_labels_only(problems):
+    sizes = problems.NOISY_DIGITS_SIZES
+    clean_sizes = dataclasses.replace(sizes, label_noise=0.0)
+    (x, y), (x_test, y_test) = problems.load_noisy_digits_data(sizes)
+    (x0, y0), (x0_test, y0_test) = problems.load_digits_data(clean_sizes)
+    assert x.shape == (500, 64) and x_test.shape == (1297, 64)
+    assert y.dtype == jnp.int32 and y_test.dtype == jnp.int32
+    np.testing.assert_array_equal(x, x0)  # the demo's split
+    np.testing.assert_array_equal(y_test, y0_test)  # test labels clean
+    np.testing.assert_array_equal(x_test, x0_test)
+    changed = np.mean(np.asarray(y) != np.asarray(y0))
+    # 30% redrawn, of which 9 in 10 land on another class: about 27%
+    assert 0.22 < changed < 0.32
+    (_, y_again), _ = problems.load_noisy_digits_data(sizes)
+    np.testing.assert_array_equal(y, y_again)  # deterministic
+    clean = problems.load_noisy_digits_data(clean_sizes)
+    np.testing.assert_array_equal(clean[0][1], y0)
+
+
+def test_the_noisy_digits_mlp_counts_the_weights_its_description_states(problems):
+    sizes = problems.NOISY_DIGITS_SIZES
+    params = problems.NOISY_DIGITS.init_params(jax.random.key(0), sizes)
+    n = problems.count_weights(params)
+    assert f"{n:,} weights" in problems.NOISY_DIGITS.model(sizes)
+    x = jnp.zeros((3, 64))
+    assert problems.NOISY_DIGITS.logits(params, x).shape == (3, 10)
+
 
 # ----------------------------------------------------------------------------
 # the whole pipeline, tiny
@@ -259,12 +306,29 @@ def test_a_tiny_mnist1d_study_writes_summary_figures_and_its_page_section(
     study.write_docs(saved, out, docs_dir=docs)
     page = (docs / "decay_study.md").read_text()
     assert page.startswith("# The weight-decay study\n\ndigits part\n")
-    assert page.count(study.SECTION_MARK) == 1
-    assert "{" not in page.split(study.SECTION_MARK)[1]
-    assert "Claim 1" in page and "20" in page
+    mnist1d, noisy = (study.section_mark(n) for n in ("mnist1d", "noisy_digits"))
+    assert page.count(mnist1d) == 1 and page.count(noisy) == 1
+    section = page.split(mnist1d)[1].split(noisy)[0]
+    assert "{" not in section
+    assert "## A second problem: MNIST-1D" in section
+    assert "Claim 1" in section and "20" in section
+    assert "python examples/decay_study.py --problem mnist1d --docs" in section
+    assert "`make study`" not in section  # make study runs the noisy digits
+    assert "has not been run for this page yet" in page.split(noisy)[1]
     assert (docs / "img" / "decay_study_mnist1d" / "slopes.png").exists()
     study.write_docs(saved, out, docs_dir=docs)  # idempotent
     assert (docs / "decay_study.md").read_text() == page
+
+    # Another problem's run fills its own section and keeps this one.
+    saved["problem"] = "noisy_digits"
+    study.write_docs(saved, out, docs_dir=docs)
+    both = (docs / "decay_study.md").read_text()
+    assert both.split(noisy)[0] == page.split(noisy)[0]
+    other = both.split(noisy)[1]
+    assert "## A third problem: digits with noisy labels" in other
+    assert "`make study` (or `python examples/decay_study.py --problem " in other
+    assert "{" not in other and "NOISY_DIGITS_SIZES" in other
+    assert "](img/decay_study_noisy_digits/slopes.png)" in other
 
 
 def test_families_name_the_variants_and_unknown_ones_are_refused(study, problems):

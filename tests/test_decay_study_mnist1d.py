@@ -241,7 +241,7 @@ def test_noisy_digits_replace_a_fraction_of_the_training_labels_only(problems):
     (x0, y0), (x0_test, y0_test) = problems.load_digits_data(clean_sizes)
     assert x.shape == (500, 64) and x_test.shape == (1297, 64)
     assert y.dtype == jnp.int32 and y_test.dtype == jnp.int32
-    np.testing.assert_array_equal(x, x0)  # the demo's split
+    np.testing.assert_array_equal(x, x0)  # the demo's permutation
     np.testing.assert_array_equal(y_test, y0_test)  # test labels clean
     np.testing.assert_array_equal(x_test, x0_test)
     changed = np.mean(np.asarray(y) != np.asarray(y0))

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import jax
 import jax.numpy as jnp
 from jax.core import Tracer
+from jax.sharding import AxisType, NamedSharding
 
 from gradtx._checks import check_same_tree
 from gradtx._describing import recorded_call, render
@@ -282,6 +283,25 @@ def map_leaves(
     others = [treedef.flatten_up_to(r) for r in rest]
     results = [fn(*args) for args in zip(leaves, *others, strict=True)]
     return tuple(treedef.unflatten([r[i] for r in results]) for i in range(n_out))
+
+
+def explicit_split(x: jax.Array) -> NamedSharding | None:
+    """X's sharding if its type splits it over an explicit mesh axis, else None.
+
+    Under explicit sharding an operation whose output sharding JAX cannot
+    infer (a product contracted over a split axis) must be written around
+    the split; with automatic axes XLA places the collectives itself.
+    """
+    sharding = jax.typeof(x).sharding
+    if not isinstance(sharding, NamedSharding):
+        return None
+    mesh = sharding.mesh
+    split = (
+        not mesh.empty
+        and any(t == AxisType.Explicit for t in mesh.axis_types)
+        and any(axis is not None for axis in sharding.spec)
+    )
+    return sharding if split else None
 
 
 def init_like(params: Params, dtype: Any = None, fill: ArrayLike = 0.0) -> Any:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from gradtx._checks import (
     check_count,
@@ -45,6 +45,7 @@ from gradtx.base import (
     bias_correction,
     compute_dtype,
     described,
+    explicit_split,
     init_like,
     map_leaves,
     safe_increment,
@@ -273,18 +274,10 @@ def _whole(x: jax.Array) -> tuple[jax.Array, Any]:
     before the iteration (an all-gather of its m*n elements) and the result
     resharded like the leaf; with automatic axes XLA places the collectives.
     """
-    sharding = jax.typeof(x).sharding
-    if not isinstance(sharding, NamedSharding):
+    sharding = explicit_split(x)
+    if sharding is None:
         return x, lambda y: y
-    mesh = sharding.mesh
-    explicit = (
-        not mesh.empty
-        and any(t == AxisType.Explicit for t in mesh.axis_types)
-        and any(axis is not None for axis in sharding.spec)
-    )
-    if not explicit:
-        return x, lambda y: y
-    whole = jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec()))
+    whole = jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec()))
     return whole, lambda y: jax.sharding.reshard(y, sharding)
 
 

@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, NamedSharding
 
 from gradtx._checks import (
     check_count,
@@ -42,23 +41,11 @@ from gradtx.base import (
     abs_sq,
     compute_dtype,
     described,
+    explicit_split,
     init_like,
     safe_increment,
     scalar_dtype,
 )
-
-
-def _explicitly_sharded(x: jax.Array) -> bool:
-    """Whether x's type splits it over an explicit mesh axis."""
-    sharding = jax.typeof(x).sharding
-    if not isinstance(sharding, NamedSharding):
-        return False
-    mesh = sharding.mesh
-    return (
-        not mesh.empty
-        and any(t == AxisType.Explicit for t in mesh.axis_types)
-        and any(axis is not None for axis in sharding.spec)
-    )
 
 
 def _vdot(a: Any, b: Any, dtype: Any) -> jax.Array:
@@ -74,7 +61,7 @@ def _vdot(a: Any, b: Any, dtype: Any) -> jax.Array:
     total = jnp.zeros([], dtype)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         x, y = x.astype(dtype), y.astype(dtype)
-        if _explicitly_sharded(x) or _explicitly_sharded(y):
+        if explicit_split(x) is not None or explicit_split(y) is not None:
             total = total + jnp.sum(jnp.real(jnp.conj(x) * y))
         else:
             total = total + jnp.real(jnp.tensordot(jnp.conj(x), y, axes=x.ndim))

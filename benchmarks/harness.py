@@ -5,7 +5,9 @@ jitted with params and state donated, lowered and compiled once (timed), then
 called; torch.optim steps its tensors in place on the same device. After a
 warm-up the libraries run in interleaved rounds, A, B, C, A, B, C, ..., so
 that a busy spell of the machine falls on all of them alike, and a ratio is
-taken round by round before its median.
+taken round by round before its median. A case whose contenders' buffers
+would not fit in memory together (L-BFGS's history on GPT-2 small on a CPU)
+times them one after the other instead, and says so in its rows.
 """
 
 from __future__ import annotations
@@ -158,40 +160,62 @@ def build(name: str, tree: Tree, optimizer: str, params_np, grads_np, grads):
         return TorchStep(optimizer, impl, params_np, grads_np)
     init, step = jax_libraries()[name](optimizer)
     params = _private(params_np)
-    return JaxStep(step, params, _private(init(params)), grads)
+    return JaxStep(step, params, _fresh(init(params)), grads)
+
+
+def _fresh(tree: Any) -> Any:
+    """`_private` of a tree no one else holds, copied one leaf at a time.
+
+    An old leaf is freed as its copy replaces it (unless it aliases the
+    params, as schedule-free's `z` may), so that copying L-BFGS's history
+    never holds it twice.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    del tree
+    for i in range(len(leaves)):
+        leaves[i] = jnp.array(leaves[i], copy=True)
+    return treedef.unflatten(leaves)
+
+
+def memory_available() -> int | None:
+    """Bytes JAX's device can still allocate, or None where it cannot tell."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" not in stats:
+            return None
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def bytes_held(tree: Tree, optimizer: str) -> int:
+    """About what one contender holds: half the bytes its step moves.
+
+    A step reads and writes each buffer it keeps (params, state) once and
+    reads the gradient, so half its traffic is its resident size; the copy
+    floor holds exactly that.
+    """
+    return BYTES_PER_PARAM[optimizer] * tree.n_params // 2
+
+
+def fits_together(tree: Tree, optimizer: str, n: int) -> bool:
+    """Whether `n` contenders' buffers fit in the device's memory at once."""
+    available = memory_available()
+    return available is None or n * bytes_held(tree, optimizer) < available
 
 
 def _log_nothing(message: str) -> None:
     del message
 
 
-def run_case(
-    tree: Tree,
-    optimizer: str,
-    libraries: tuple[str, ...] = LIBRARIES,
-    settings: Settings = Settings(),
-    log: Callable[[str], None] = _log_nothing,
-) -> list[dict[str, Any]]:
-    """Time every library on one tree and optimizer.
-
-    Returns one row per library that ran: its median step time in ms, its
-    step time over optax's and over torch's (torch-fused's, or torch-foreach's
-    where torch has no fused form; the median of the ratios of samples of the
-    same round), for a JAX step its lower + compile time, and the megabytes
-    its optimizer state holds.
-    A torch variant that torch rejects on this device is left out.
-    """
-    params_np, grads_np = make_data(tree)
-    grads = _private(grads_np)
-    steps = {}
-    for name in libraries:
-        try:
-            steps[name] = build(name, tree, optimizer, params_np, grads_np, grads)
-        except (ImportError, ValueError, RuntimeError) as error:
-            if name not in TORCH_LIBRARIES:
-                raise
-            log(f"  {name} skipped: {str(error).splitlines()[0]}")
-
+def _time(steps: dict[str, Any], settings: Settings) -> dict[str, list[float]]:
+    """Per-step seconds of each step: `settings.rounds` samples, interleaved."""
     warmup_s = {}
     for name, step in steps.items():
         step.run(1)  # torch allocates its state here
@@ -211,33 +235,83 @@ def run_case(
                 samples[name].append((time.perf_counter() - t0) / k)
     finally:
         gc.enable()
+    return samples
+
+
+def run_case(
+    tree: Tree,
+    optimizer: str,
+    libraries: tuple[str, ...] = LIBRARIES,
+    settings: Settings = Settings(),
+    log: Callable[[str], None] = _log_nothing,
+    together: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Time every library on one tree and optimizer.
+
+    Returns one row per library that ran: its median step time in ms, its
+    step time over optax's and over torch's (torch-fused's, or torch-foreach's
+    where torch has no fused form; the median of the ratios of samples of the
+    same round), for a JAX step its lower + compile time, and the megabytes
+    its optimizer state holds.
+    A torch variant that torch rejects on this device is left out.
+
+    `together=None` interleaves the libraries when their buffers fit in
+    memory at once (`fits_together`); otherwise, or with `together=False`,
+    each library is built, timed and freed before the next, its ratios are
+    those of the medians, and its rows say `"interleaved": False`.
+    """
+    if together is None:
+        together = fits_together(tree, optimizer, len(libraries))
+    if not together:
+        log("  timed one library after another: their buffers do not fit together")
+    params_np, grads_np = make_data(tree)
+    grads = _private(grads_np)
+    samples: dict[str, list[float]] = {}
+    built: dict[str, tuple[float | None, int | None]] = {}
+    for group in [libraries] if together else [(name,) for name in libraries]:
+        steps = {}
+        for name in group:
+            try:
+                steps[name] = build(name, tree, optimizer, params_np, grads_np, grads)
+            except (ImportError, ValueError, RuntimeError) as error:
+                if name not in TORCH_LIBRARIES:
+                    raise
+                log(f"  {name} skipped: {str(error).splitlines()[0]}")
+        if steps:
+            samples.update(_time(steps, settings))
+        for name, step in steps.items():
+            built[name] = (
+                (None, None) if name == COPY else (step.compile_s, step.state_bytes)
+            )
+        del steps
+        gc.collect()
 
     def ratio(name: str, other: str) -> float | None:
         if other not in samples or other == name:
             return None
+        if not together:
+            value = statistics.median(samples[name]) / statistics.median(samples[other])
+            return round(value, 3)
         pairs = zip(samples[name], samples[other], strict=True)
         return round(statistics.median(a / b for a, b in pairs), 3)
 
     # torch-fused where torch has it, else torch-foreach (the families).
     torch_reference = "torch-fused" if "torch-fused" in samples else "torch-foreach"
     rows = []
-    for name, step in steps.items():
-        compile_s = None if name == COPY else step.compile_s
-        held = None if name == COPY else step.state_bytes
-        rows.append(
-            {
-                "tree": tree.name,
-                "optimizer": optimizer,
-                "library": name,
-                "ms": float(f"{statistics.median(samples[name]) * 1e3:.4g}"),
-                "vs_optax": ratio(name, "optax"),
-                "vs_torch": ratio(name, torch_reference),
-                "compile_s": None if compile_s is None else round(compile_s, 3),
-                "state_mb": None if held is None else round(held / 1e6, 3),
-            }
-        )
-    del steps
-    gc.collect()
+    for name, (compile_s, held) in built.items():
+        row = {
+            "tree": tree.name,
+            "optimizer": optimizer,
+            "library": name,
+            "ms": float(f"{statistics.median(samples[name]) * 1e3:.4g}"),
+            "vs_optax": ratio(name, "optax"),
+            "vs_torch": ratio(name, torch_reference),
+            "compile_s": None if compile_s is None else round(compile_s, 3),
+            "state_mb": None if held is None else round(held / 1e6, 3),
+        }
+        if not together:
+            row["interleaved"] = False
+        rows.append(row)
     return rows
 
 

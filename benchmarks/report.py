@@ -74,7 +74,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         case = (row["tree"], row["optimizer"])
         tree, optimizer = case if case != last else ("", "")
         last = case
-        cells = [tree, optimizer, row["library"], _ms(row["ms"])]
+        apart = "" if row.get("interleaved", True) else " †"
+        cells = [tree, optimizer, row["library"], _ms(row["ms"]) + apart]
         cells += [_ratio(row["vs_optax"]), _ratio(row["vs_torch"])]
         cells.append("" if row["compile_s"] is None else f"{row['compile_s']:.2f}")
         held = row.get("state_mb")  # absent from rows timed before it was kept
@@ -207,9 +208,11 @@ process.
 Columns: **step** is the median over the rounds; **÷ optax** and **÷
 torch** are the row's step time over optax's and torch's (torch-fused, or
 torch-foreach where torch has no fused form), the median of the ratios of
-samples timed in the same round (the libraries run in interleaved rounds);
-below 1 is faster. **compile** is the wall time of
-`jax.jit(step).lower(...).compile()` with the compilation cache off.
+samples timed in the same round (the libraries run in interleaved rounds;
+where their buffers do not fit in memory together they run one after
+another, marked †, and the ratio is that of the medians); below 1 is
+faster. **compile** is the wall time of `jax.jit(step).lower(...).compile()`
+with the compilation cache off.
 **state** is the megabytes the optimizer state holds.
 
 Optimizers: AdamW, `clip_by_global_norm(1)` + AdamW (`clip_adamw`), SGD
@@ -239,6 +242,13 @@ bench-quick` (a few cases, fewer rounds), `python -m benchmarks --families`
 --help`.
 A run replaces its own cases in `benchmarks/results/<device>.json` and
 rebuilds this page; `python -m benchmarks --report-only` rebuilds it alone.
+"""
+
+
+APART_NOTE = """\
+† Timed one library after another, not in interleaved rounds: their buffers
+do not fit in this device's memory together. The ratios are those of the
+medians.
 """
 
 
@@ -283,6 +293,8 @@ def page(summaries: dict[str, dict[str, Any]]) -> str:
         torch = summary["torch_device"]
         lines.append(f"{versions}; torch on {torch}.\n" if torch else f"{versions}.\n")
         lines.append("\n".join(table(summary["rows"])) + "\n")
+        if not all(row.get("interleaved", True) for row in summary["rows"]):
+            lines.append(APART_NOTE)
     return "\n".join(lines)
 
 

@@ -235,13 +235,31 @@ def _ns_coeff_rows(fn: str, ns_coeffs: Any, ns_steps: int) -> tuple:
     return tuple(tuple(float(c) for c in row) for row in table)
 
 
-def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+def _precision(dtype: Any) -> Any:
     # Full float32 products where the iteration runs in float32 or wider (GPU
     # and TPU would otherwise use reduced-precision passes); a bfloat16
     # iteration asks for bfloat16 and gets the accelerator's fast path.
-    wide = jnp.finfo(a.dtype).bits >= 32
-    precision = jax.lax.Precision.HIGHEST if wide else None
-    return jnp.matmul(a, b, precision=precision)
+    return jax.lax.Precision.HIGHEST if jnp.finfo(dtype).bits >= 32 else None
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Batched `a @ b` of two (batch, m, k) and (batch, k, n) stacks."""
+    return jnp.matmul(a, b, precision=_precision(a.dtype))
+
+
+def _gram(x: jax.Array, axis: int) -> jax.Array:
+    """Per matrix of a (batch, m, n) stack, `x x^H` (axis=2) or `x^H x` (1).
+
+    One product contracting both operands' `axis`: written as a product
+    with a transpose, XLA:CPU copies the transpose out before a batched
+    product, which takes as long as the product itself on a 768 x 3072
+    matrix.
+    """
+    contract_batch = (((axis,), (axis,)), ((0,), (0,)))
+    precision = _precision(x.dtype)
+    if axis == 2:
+        return jax.lax.dot_general(x, x.conj(), contract_batch, precision=precision)
+    return jax.lax.dot_general(x.conj(), x, contract_batch, precision=precision)
 
 
 def _per_matrix(
@@ -288,7 +306,13 @@ def _newton_schulz(
     clamp_norm: bool,
     preconditioning: str,
 ) -> jax.Array:
-    """The iteration on a (batch, m, n) stack with m <= n."""
+    """The iteration on a (batch, m, n) stack.
+
+    Its products are min(m, n) square: a tall stack (m > n) runs the
+    transposed iteration, `x <- a x + x (b G + c G^2)` with `G = x^H x`,
+    rather than being transposed, which XLA:CPU would copy out.
+    """
+    tall = x.shape[1] > x.shape[2]
     if preconditioning == "spectral":
         norm = jnp.linalg.norm(x, ord=2, axis=(-2, -1), keepdims=True)
     else:
@@ -296,9 +320,9 @@ def _newton_schulz(
     denom = jnp.maximum(norm, eps) if clamp_norm else norm + eps
     x = x / denom.astype(x.dtype)
     for a, b, c in rows:
-        gram = _matmul(x, jnp.swapaxes(x, -1, -2).conj())
+        gram = _gram(x, 1 if tall else 2)
         poly = b * gram + c * _matmul(gram, gram)
-        x = a * x + _matmul(poly, x)
+        x = a * x + (_matmul(x, poly) if tall else _matmul(poly, x))
     return x
 
 
@@ -546,9 +570,6 @@ def orthogonalize(
         g, placed_back = _whole(g)
         work = ns_dtype or compute_dtype(g)
         x, back = _as_matrices(fn, g.astype(work), dims)
-        flip = x.shape[1] > x.shape[2]
-        if flip:
-            x = jnp.swapaxes(x, 1, 2)
         # The iteration amplifies round-off in its input (by up to a^ns_steps
         # for small singular values). The barrier keeps XLA from fusing the
         # producer of `x` (momentum, transpose) into the norm and the first
@@ -561,8 +582,6 @@ def orthogonalize(
             y_c = y.astype(x_c.dtype)
             dual = jnp.sum(x_c.conj() * y_c, axis=(1, 2), keepdims=True)
             y = dual * y_c
-        if flip:
-            y = jnp.swapaxes(y, 1, 2)
         return placed_back(back(y).astype(g.dtype))
 
     return _per_matrix(fn, leaf, weight_dimension_numbers, layout)

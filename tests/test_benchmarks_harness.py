@@ -76,6 +76,33 @@ def test_run_case_leaves_out_what_torch_rejects():
     assert [(row["library"], row["vs_torch"]) for row in rows] == [("optax", None)]
 
 
+def test_contenders_too_big_together_are_timed_one_after_another(monkeypatch):
+    held = harness.bytes_held(TINY_TREE, "adamw")
+    assert held == BYTES_PER_PARAM["adamw"] * TINY_TREE.n_params // 2
+    monkeypatch.setattr(harness, "memory_available", lambda: 3 * held)
+    assert harness.fits_together(TINY_TREE, "adamw", 2)
+    assert not harness.fits_together(TINY_TREE, "adamw", 3)
+
+    libraries = ("copy", "gradtx", "optax")
+    logged = []
+    rows = harness.run_case(TINY_TREE, "adamw", libraries, TINY, logged.append)
+    assert logged == [
+        "  timed one library after another: their buffers do not fit together"
+    ]
+    assert [row["library"] for row in rows] == list(libraries)
+    ms = {row["library"]: row["ms"] for row in rows}
+    for row in rows:
+        assert row["interleaved"] is False
+        if row["library"] != "optax":  # the ratio of the medians
+            assert row["vs_optax"] == pytest.approx(
+                ms[row["library"]] / ms["optax"], rel=1e-2, abs=1e-3
+            )
+    assert rows[1]["compile_s"] > 0 and rows[1]["state_mb"] is not None
+
+    together = harness.run_case(TINY_TREE, "adamw", libraries, TINY, together=True)
+    assert all("interleaved" not in row for row in together)
+
+
 def _final_params(step) -> list[np.ndarray]:
     if isinstance(step, harness.TorchStep):
         return [p.detach().cpu().numpy() for p in step.params]
@@ -190,6 +217,29 @@ def test_page_shows_every_column(tmp_path):
     ]
     assert "`resnet50`: the shapes of torchvision's ResNet-50, 161 leaves" in page
     assert "`one-big`" not in page  # only the trees with rows
+    assert "† Timed one library after another" not in page
+
+
+def test_page_marks_the_cases_timed_apart(tmp_path):
+    rows = [
+        _row("gpt2-small", "lbfgs_direction", "gradtx", interleaved=False),
+        _row("gpt2-small", "lbfgs_direction", "optax", interleaved=False),
+        _row("resnet50", "adamw", "optax"),
+    ]
+    summary = {"device": "CPU x (2 cores)", "mode": "full", "torch_device": "cpu"}
+    summary |= {"versions": {"jax": "0.1"}, "rows": rows}
+    (tmp_path / "cpu-x.json").write_text(report.dumps(summary))
+    docs = tmp_path / "benchmarks.md"
+    report.write_page(tmp_path, docs)
+
+    page = docs.read_text()
+    lines = [line for line in page.splitlines() if line.startswith("| ")][2:]
+    assert lines == [
+        "| resnet50 | adamw | optax | 1.50 | 0.50x | 2.00x | 0.25 |  |",
+        "| gpt2-small | lbfgs_direction | gradtx | 1.50 † | 0.50x | 2.00x | 0.25 |  |",
+        "|  |  | optax | 1.50 † | 0.50x | 2.00x | 0.25 |  |",
+    ]
+    assert "† Timed one library after another" in page
 
 
 def test_command_line_saves_a_summary_and_writes_the_page(

@@ -160,21 +160,27 @@ def build(name: str, tree: Tree, optimizer: str, params_np, grads_np, grads):
         return TorchStep(optimizer, impl, params_np, grads_np)
     init, step = jax_libraries()[name](optimizer)
     params = _private(params_np)
-    return JaxStep(step, params, _fresh(init(params)), grads)
+    return JaxStep(step, params, _own_state(init, params), grads)
 
 
-def _fresh(tree: Any) -> Any:
-    """`_private` of a tree no one else holds, copied one leaf at a time.
+def _own_state(init: Callable, params: Any) -> Any:
+    """`init(params)` in buffers of its own, built without a second copy.
 
-    An old leaf is freed as its copy replaces it (unless it aliases the
-    params, as schedule-free's `z` may), so that copying L-BFGS's history
-    never holds it twice.
+    Under jit the state comes out in new buffers, except a leaf that is a
+    param (schedule-free's `z`) or appears twice, which is copied: the step
+    donates params and state, and a buffer may be donated once. Copying the
+    whole state afterwards would hold L-BFGS's history twice.
     """
-    leaves, treedef = jax.tree.flatten(tree)
-    del tree
-    for i in range(len(leaves)):
-        leaves[i] = jnp.array(leaves[i], copy=True)
-    return treedef.unflatten(leaves)
+    state = jax.jit(init)(params)
+    seen = {id(leaf) for leaf in jax.tree.leaves(params)}
+
+    def own(leaf: Any) -> Any:
+        if id(leaf) in seen:
+            leaf = jnp.array(leaf, copy=True)
+        seen.add(id(leaf))
+        return leaf
+
+    return jax.tree.map(own, state)
 
 
 def memory_available() -> int | None:
@@ -238,6 +244,35 @@ def _time(steps: dict[str, Any], settings: Settings) -> dict[str, list[float]]:
     return samples
 
 
+def _run_group(
+    names: tuple[str, ...],
+    tree: Tree,
+    optimizer: str,
+    data: tuple[dict, dict],
+    settings: Settings,
+    log: Callable[[str], None],
+) -> tuple[dict[str, list[float]], dict[str, tuple[float | None, int | None]]]:
+    """Build and time the libraries `names` together; their buffers are
+    freed when it returns. Returns each one's samples and its compile time
+    and state bytes (None for the copy floor)."""
+    params_np, grads_np = data
+    grads = _private(grads_np)
+    steps = {}
+    for name in names:
+        try:
+            steps[name] = build(name, tree, optimizer, params_np, grads_np, grads)
+        except (ImportError, ValueError, RuntimeError) as error:
+            if name not in TORCH_LIBRARIES:
+                raise
+            log(f"  {name} skipped: {str(error).splitlines()[0]}")
+    samples = _time(steps, settings) if steps else {}
+    held = {
+        name: (None, None) if name == COPY else (step.compile_s, step.state_bytes)
+        for name, step in steps.items()
+    }
+    return samples, held
+
+
 def run_case(
     tree: Tree,
     optimizer: str,
@@ -264,27 +299,14 @@ def run_case(
         together = fits_together(tree, optimizer, len(libraries))
     if not together:
         log("  timed one library after another: their buffers do not fit together")
-    params_np, grads_np = make_data(tree)
-    grads = _private(grads_np)
+    data = make_data(tree)
     samples: dict[str, list[float]] = {}
     built: dict[str, tuple[float | None, int | None]] = {}
     for group in [libraries] if together else [(name,) for name in libraries]:
-        steps = {}
-        for name in group:
-            try:
-                steps[name] = build(name, tree, optimizer, params_np, grads_np, grads)
-            except (ImportError, ValueError, RuntimeError) as error:
-                if name not in TORCH_LIBRARIES:
-                    raise
-                log(f"  {name} skipped: {str(error).splitlines()[0]}")
-        if steps:
-            samples.update(_time(steps, settings))
-        for name, step in steps.items():
-            built[name] = (
-                (None, None) if name == COPY else (step.compile_s, step.state_bytes)
-            )
-        del steps
-        gc.collect()
+        timed, held = _run_group(group, tree, optimizer, data, settings, log)
+        samples.update(timed)
+        built.update(held)
+        gc.collect()  # the group's buffers, before the next group's
 
     def ratio(name: str, other: str) -> float | None:
         if other not in samples or other == name:

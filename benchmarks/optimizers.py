@@ -271,15 +271,29 @@ def make_torch(name: str, params: list, impl: str) -> tuple[Any, float | None]:
     elif name in _TORCH_FAMILIES:
         if impl == "fused":
             raise ValueError(f"torch.optim has no fused {name!r}")
-        if name == "muon" and params[0].device.type == "cpu":
+        if name == "muon" and params[0].device.type == "cpu" and not _bf16_cpu():
             # Muon's iteration runs in bfloat16, which torch's CPU matmuls
-            # emulate: about a minute a step on ResNet-50 on 2 cores.
-            raise ValueError("torch.optim.Muon is timed on a GPU only")
+            # emulate without AVX512-BF16 or AMX: about a minute a step on
+            # ResNet-50 on 2 cores.
+            raise ValueError(
+                "torch.optim.Muon is timed on a GPU or a CPU with bfloat16 "
+                "products only"
+            )
         opt = _TORCH_FAMILIES[name](torch.optim, params, flag)
     else:
         why = " (its state is the params' dtype)" if name == "adamw_bf16" else ""
         raise ValueError(f"torch.optim has no {name!r}{why}")
     return opt, (MAX_NORM if name == "clip_adamw" else None)
+
+
+def _bf16_cpu() -> bool:
+    """Whether torch's CPU matmuls have native bfloat16 (oneDNN's check)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 # torch.optim's own form of the families it has (its defaults where they

@@ -151,8 +151,11 @@ def summary_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
             if not any(cells):
                 continue
             trees = len({r["tree"] for r in group})
-            count = len({r["optimizer"] for r in group})
-            if name == "families":
+            names = sorted({r["optimizer"] for r in group})
+            count = len(names)
+            if count == 1:  # one family or method: its own name
+                label = names[0]
+            elif name == "families":
                 label = f"{count} families beyond Adam"
             elif name == "methods":
                 label = f"{count} wrappers and methods"
@@ -198,7 +201,10 @@ process.
   `clip_grad_norm_` for clip + AdamW). torch.optim has no bfloat16 moments,
   so `adamw_bf16` has no torch rows; for the families below it runs in its
   own form (for example `Adam(amsgrad=True)`, `NAdam` with its momentum
-  decay, its `Adafactor`), and only where it has the method.
+  decay, its `Adafactor`), and only where it has the method. Its Muon
+  (`torch.optim.Muon`, AdamW for the other leaves) iterates in bfloat16,
+  gradtx and optax in float32; on a CPU it runs only with oneDNN's
+  bfloat16 products (AVX512-BF16, AMX). XLA:CPU's run no faster than float32.
 - `copy`: a jitted, donated `x * a + b` over one buffer holding as many bytes
   as the step must read and write at the least (28 B per parameter for AdamW
   and Adam, 32 for clip + AdamW, 20 for SGD, 24 for AdamW with a bfloat16

@@ -462,8 +462,9 @@ def orthogonalize(
 ) -> GradientTransformation:
     """Replace each matrix by an approximate orthogonalisation (Newton-Schulz).
 
-    Per matrix G (m rows, n columns; the transpose when m > n, so that the
-    Gram matrix X X^T is the smaller one, then transposed back)::
+    Per matrix G (m rows, n columns, m <= n; a tall matrix, m > n, runs the
+    same iteration on its transpose, so that the Gram matrix A is the
+    smaller one, written as A = X^T X and X = a * X + X B)::
 
         X = G / (||G||_F + eps)        (clamp_norm=True: G / max(||G||_F, eps))
         repeat ns_steps times:

@@ -103,6 +103,19 @@ def test_contenders_too_big_together_are_timed_one_after_another(monkeypatch):
     assert all("interleaved" not in row for row in together)
 
 
+@pytest.mark.parametrize("optimizer", ["schedule_free_adamw", "ema_adam", "adamw"])
+def test_a_built_step_donates_no_buffer_twice(optimizer):
+    # schedule-free's z starts as the params, and so does the EMA: the
+    # state must still hold buffers of its own
+    params_np, grads_np = trees.make_data(TINY_TREE)
+    grads = harness._private(grads_np)
+    step = harness.build("gradtx", TINY_TREE, optimizer, params_np, grads_np, grads)
+    held = jax.tree.leaves((step.params, step.state))
+    pointers = [x.unsafe_buffer_pointer() for x in held]
+    assert len(set(pointers)) == len(pointers)
+    step.run(2)  # donating them all works
+
+
 def _final_params(step) -> list[np.ndarray]:
     if isinstance(step, harness.TorchStep):
         return [p.detach().cpu().numpy() for p in step.params]

@@ -292,7 +292,10 @@ def fake_summaries():
         row("gpt2", "amsgrad", "gradtx", 1.2, 0.4),
     ]
     gpu = {"device": "GPU fake", "torch_device": "cuda", "versions": {"jax": "0"}}
-    gpu["rows"] = [row("resnet50", "sgd", "gradtx", 1.0, 2.0)]
+    gpu["rows"] = [
+        row("resnet50", "sgd", "gradtx", 1.0, 2.0),
+        row("resnet50", "muon", "gradtx", 0.6, 3.0),
+    ]
     return {"cpu-fake": cpu, "gpu-fake": gpu}
 
 
@@ -316,6 +319,8 @@ def test_summary_table_has_one_short_table_per_device():
     assert "**GPU fake**" in lines
     assert f"{head}\n---" in text  # no fused columns on a device without them
     assert "sgd (1 tree) | 1.00x | 2.00x" in text
+    # a device with one family names it
+    assert "muon (1 tree) | 0.60x | 3.00x" in text
     # no line starts like the device sections' full tables
     assert not any(line.startswith("| ") for line in lines)
 
@@ -333,7 +338,7 @@ def test_the_page_leads_with_the_summary(tmp_path):
     ]
     assert order == sorted(order)
     assert "Bandwidth limit" not in page and "(run " not in page
-    assert len(page.splitlines()) < 120
+    assert len(page.splitlines()) < 125
 
 
 def test_the_committed_benchmark_page_is_the_one_its_results_build():

@@ -203,8 +203,8 @@ process.
   own form (for example `Adam(amsgrad=True)`, `NAdam` with its momentum
   decay, its `Adafactor`), and only where it has the method. Its Muon
   (`torch.optim.Muon`, AdamW for the other leaves) iterates in bfloat16,
-  gradtx and optax in float32; on a CPU it runs only with oneDNN's
-  bfloat16 products (AVX512-BF16, AMX). XLA:CPU's run no faster than float32.
+  gradtx and optax in float32; on a CPU it runs only with oneDNN's bfloat16
+  products (AVX512-BF16, AMX). XLA:CPU's bfloat16 products are no faster.
 - `copy`: a jitted, donated `x * a + b` over one buffer holding as many bytes
   as the step must read and write at the least (28 B per parameter for AdamW
   and Adam, 32 for clip + AdamW, 20 for SGD, 24 for AdamW with a bfloat16
